@@ -1,0 +1,33 @@
+# hetadam: every target sets up .venv on first use (PyPI only).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m hetadam train --model mlp --epochs 30
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(PY) -m hetadam bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m hetadam.regmap --check
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

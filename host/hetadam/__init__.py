@@ -1,0 +1,1 @@
+"""hetadam: the Adam optimizer on heterogeneous hardware."""

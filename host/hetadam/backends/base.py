@@ -1,0 +1,278 @@
+"""What every backend provides: resident state for a range of elements, and a
+two-phase step (compute, then commit or discard) so that a step is all or nothing.
+
+A backend owns *shards*. A shard holds the optimizer state of `n` consecutive
+elements of one flat parameter group (start index `start`, a multiple of the
+block size) and keeps it resident between steps: gradients go in, parameters
+come out. ``step`` computes the new state without touching the committed one;
+``commit`` makes it current, ``discard`` drops it. Everything the optimizer
+needs beyond that (flattening, hyper-parameters, hooks) lives in optim.py.
+
+`fixed` backends implement one small interface, `FixedKernel`: upload a
+FixedState, run the golden-model update on it, download it. The host-side
+conversions they share (gradient quantisation, scalar encoding) live in
+`FixedShard`, so every backend sees the same bits.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..numerics import FixedFormat, FixedState, adam_step
+from ..numerics.convert import params_from_fixed, params_to_fixed, state_from_float, state_to_float
+from ..numerics.fast import quantize_grad_fast
+from ..numerics.scalars import StepScalars, encode_step
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here; the message says why and how to get it."""
+
+
+class BackendError(RuntimeError):
+    """A backend failed during a step; the step was not applied."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    usable: bool
+    reason: str = ""
+    remedy: str = ""
+
+    def raise_if_unusable(self, name: str) -> None:
+        if not self.usable:
+            raise BackendUnavailable(f"backend {name!r} is not usable here: {self.reason}. {self.remedy}".strip())
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One parameter's elements inside a shard: 1-D float32 views of the
+    parameter and its gradient (None: the parameter has no gradient this step
+    and stays as it is, as in torch.optim)."""
+
+    offset: int
+    param: torch.Tensor
+    grad: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class StepHyper:
+    """Hyper-parameters of one step of one param group, as floats (host side)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    step: int
+    decoupled_weight_decay: bool = False
+    amsgrad: bool = False
+    maximize: bool = False
+    seed: int = 0
+    stochastic: bool = False
+
+
+class Shard(ABC):
+    """Resident state of elements [start, start + n) of one flat group."""
+
+    def __init__(self, start: int, n: int) -> None:
+        self.start = start
+        self.n = n
+        self.transactional = False
+
+    @abstractmethod
+    def step(self, segments: list[Segment], hyper: StepHyper) -> int:
+        """Compute the next state from the segments' gradients, leaving the
+        committed state (and the parameters) as they are, unless the shard is
+        the step's only one (`transactional` False). Returns the count of
+        saturated elements."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make the state computed by the last `step` current and write the new
+        parameters into the segments' parameter views."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Drop the state computed by the last `step`."""
+
+    @abstractmethod
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Portable state of the n elements: float32 'exp_avg', 'exp_avg_sq' (and
+        'max_exp_avg_sq' with amsgrad); fixed shards add their exact arrays."""
+
+    @abstractmethod
+    def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
+        """Load a portable state (exact when it carries this shard's own format;
+        zero moments when it is empty) for parameters `params` (float32[n])."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release backend resources."""
+
+
+class FixedKernel(ABC):
+    """A `fixed` kernel with resident state: what a fixed backend implements."""
+
+    @abstractmethod
+    def upload(self, state: FixedState) -> None:
+        """Make `state` the committed state."""
+
+    @abstractmethod
+    def download(self) -> FixedState:
+        """The committed state."""
+
+    @abstractmethod
+    def run(self, G: np.ndarray, eg: np.ndarray, sc: StepScalars, idx0: int) -> int:
+        """One update into pending buffers (committed state untouched); returns sat_count."""
+
+    @abstractmethod
+    def stage(self, state: FixedState) -> None:
+        """Make `state` the pending state, as if `run` had computed it."""
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def discard(self) -> None: ...
+
+    @abstractmethod
+    def params(self) -> np.ndarray:
+        """The committed P as int32[n]."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+
+def prepare_fixed_grad(grad: np.ndarray, params: np.ndarray, hyper: StepHyper) -> np.ndarray:
+    """Apply `maximize` and coupled (Adam, not AdamW) weight decay on the host, in
+    float32 as torch does, before the gradient is quantised."""
+    g = -grad if hyper.maximize else grad
+    if hyper.weight_decay and not hyper.decoupled_weight_decay:
+        g = g + np.float32(hyper.weight_decay) * params
+    return g
+
+
+FIXED_KEYS = ("fixed_P", "fixed_M", "fixed_em", "fixed_S", "fixed_es")
+
+
+class FixedShard(Shard):
+    """A shard of `fixed` numerics over any FixedKernel."""
+
+    def __init__(self, start: int, n: int, kernel: FixedKernel, fmt: FixedFormat) -> None:
+        if start % fmt.block:
+            raise ValueError(f"shard start {start} must be a multiple of the block size {fmt.block}")
+        super().__init__(start, n)
+        self.kernel = kernel
+        self.fmt = fmt
+        self._segments: list[Segment] = []
+        self.kernel.upload(FixedState.zeros(n, fmt))
+
+    def scalars(self, hyper: StepHyper) -> StepScalars:
+        return encode_step(
+            lr=hyper.lr,
+            beta1=hyper.beta1,
+            beta2=hyper.beta2,
+            eps=hyper.eps,
+            step=hyper.step,
+            weight_decay=hyper.weight_decay,
+            decoupled_weight_decay=hyper.decoupled_weight_decay,
+            seed=hyper.seed,
+            stochastic=hyper.stochastic,
+            fmt=self.fmt,
+        )
+
+    def step(self, segments: list[Segment], hyper: StepHyper) -> int:
+        self._segments = segments
+        sc = self.scalars(hyper)
+        grad = np.zeros(self.n, np.float32)
+        for seg in segments:
+            if seg.grad is not None:
+                grad[seg.offset : seg.offset + seg.grad.numel()] = seg.grad.numpy()
+        g = prepare_fixed_grad(grad, self.params(), hyper)
+        G, eg = quantize_grad_fast(g, self.fmt)
+        if all(seg.grad is not None for seg in segments):
+            return self.kernel.run(G, eg, sc, self.start)
+        return self._partial_step(segments, G, eg, sc)
+
+    def _partial_step(self, segments: list[Segment], G: np.ndarray, eg: np.ndarray, sc: StepScalars) -> int:
+        """Some parameters have no gradient: step the others on the host with the
+        golden model (each parameter's blocks are its own) and upload the result
+        as the pending state."""
+        old = self.kernel.download()
+        new = old.copy()
+        sat = 0
+        B = self.fmt.block
+        for seg in segments:
+            if seg.grad is None:
+                continue
+            lo, hi = seg.offset, seg.offset + seg.param.numel()
+            blo, bhi = lo // B, -(-hi // B)
+            part = FixedState(old.P[lo:hi], old.M[lo:hi], old.em[blo:bhi], old.S[lo:hi], old.es[blo:bhi])
+            stepped, s = adam_step(part, G[lo:hi], eg[blo:bhi], sc, self.start + lo, self.fmt)
+            new.P[lo:hi], new.M[lo:hi], new.S[lo:hi] = stepped.P, stepped.M, stepped.S
+            new.em[blo:bhi], new.es[blo:bhi] = stepped.em, stepped.es
+            sat += s
+        self.kernel.stage(new)
+        return sat
+
+    def commit(self) -> None:
+        self.kernel.commit()
+        P = params_from_fixed(self.kernel.params(), self.fmt)
+        for seg in self._segments:
+            if seg.grad is not None:
+                n = seg.param.numel()
+                seg.param.copy_(torch.from_numpy(P[seg.offset : seg.offset + n].astype(np.float32)))
+
+    def discard(self) -> None:
+        self.kernel.discard()
+
+    def params(self) -> np.ndarray:
+        return params_from_fixed(self.kernel.params(), self.fmt).astype(np.float32)
+
+    def _format_tag(self) -> np.ndarray:
+        f = self.fmt
+        return np.array([f.block, f.g_bits, f.m_bits, f.s_bits, f.p_frac], np.int64)
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        st = self.kernel.download()
+        _, m, v = state_to_float(st, self.fmt)
+        out = {"exp_avg": m.astype(np.float32), "exp_avg_sq": v.astype(np.float32)}
+        out.update(zip(FIXED_KEYS, (st.P, st.M, st.em, st.S, st.es), strict=True))
+        out["fixed_format"] = self._format_tag()
+        return out
+
+    def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
+        if all(k in state for k in FIXED_KEYS) and np.array_equal(state.get("fixed_format"), self._format_tag()):
+            st = FixedState(*(np.array(state[k]) for k in FIXED_KEYS))
+            fresh, _ = params_to_fixed(params, self.fmt)
+            moved = params_from_fixed(st.P, self.fmt).astype(np.float32) != params
+            st.P[moved] = fresh[moved]  # parameters changed outside the optimizer
+        else:
+            zeros = np.zeros(self.n, np.float32)
+            st = state_from_float(params, state.get("exp_avg", zeros), state.get("exp_avg_sq", zeros), self.fmt)
+        self.kernel.upload(st)
+
+    def close(self) -> None:
+        self.kernel.close()
+
+
+class Backend(ABC):
+    """A processor that runs Adam steps. Subclasses register in backends/__init__.py."""
+
+    name: str = ""
+    numerics: tuple[str, ...] = ("fixed",)
+
+    @classmethod
+    @abstractmethod
+    def availability(cls) -> Availability:
+        """Whether this backend can run here, and if not why and how to get it."""
+
+    @abstractmethod
+    def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat) -> Shard:
+        """A shard for elements [start, start + n) of a flat group."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the backend (device contexts, simulator processes)."""
