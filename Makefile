@@ -7,6 +7,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup demo test bench lint clean
 
+# Each part of the toolkit adds its targets (sim, resources, csim, bitstream, deploy) in mk/.
+-include mk/*.mk
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml

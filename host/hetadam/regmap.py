@@ -69,6 +69,11 @@ ARGS: tuple[Arg, ...] = (
     Arg("ex", 0x9C, 64, "in", "address of ex"),
 )
 
+M_AXI_BUNDLES = {"p": "gmem_p", "g": "gmem_g", "ms": "gmem_ms", "ex": "gmem_ex"}
+"""One AXI4 master per array; ports are m_axi_<bundle>_<CHANNEL><SIGNAL>, as Vitis HLS names them."""
+CONTROL_BUNDLE = "control"
+"""The AXI4-Lite slave: ports s_axi_control_<SIGNAL>; clock ap_clk, reset ap_rst_n, interrupt."""
+
 BY_NAME = {a.name: a for a in ARGS}
 SCALARS = tuple(a.name for a in ARGS if a.bits == 32 and a.direction == "in")
 POINTERS = tuple(a.name for a in ARGS if a.bits == 64)
