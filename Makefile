@@ -7,8 +7,6 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup demo test bench lint clean
 
-# Each part of the toolkit adds its targets (sim, resources, csim, bitstream, deploy) in mk/.
--include mk/*.mk
 
 setup: $(STAMP)
 
@@ -34,3 +32,6 @@ lint: $(STAMP)
 clean:
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+# Each part of the toolkit adds its targets (sim, resources, csim, bitstream, deploy) in mk/.
+-include mk/*.mk
