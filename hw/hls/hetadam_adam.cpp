@@ -66,22 +66,22 @@ inline int64_t round_shift(int64_t x, int k, bool stochastic, uint32_t u) {
   return (x + (int64_t(1) << (k - 1)) - 1 + ((x >> k) & 1)) >> k;
 }
 
-// Exact floor(sqrt(v)) for v < 2**52: a radix-4 digit recurrence, one result bit per stage.
+// Exact floor(sqrt(v)) for v < 2**52: a restoring digit recurrence, one result bit per
+// stage. The partial remainder stays below 2**27 and the root below 2**26, so 32-bit
+// registers hold both.
 inline int64_t isqrt52(uint64_t v) {
-  uint64_t rem = 0;
-  uint64_t root = 0;
+  uint32_t rem = 0;
+  uint32_t root = 0;
 isqrt_digits:
   for (int i = 25; i >= 0; --i) {
 #pragma HLS UNROLL
-    rem = (rem << 2) | ((v >> (2 * i)) & 3);
-    const uint64_t trial = (root << 2) | 1;
-    root <<= 1;
-    if (rem >= trial) {
-      rem -= trial;
-      root |= 1;
-    }
+    const uint32_t x = (rem << 2) | static_cast<uint32_t>((v >> (2 * i)) & 3);
+    const uint32_t trial = (root << 2) | 1;
+    const bool fits = x >= trial;
+    rem = fits ? x - trial : x;
+    root = (root << 1) | (fits ? 1u : 0u);
   }
-  return static_cast<int64_t>(root);
+  return root;
 }
 
 // Bit length of 0 <= x < 2**31.
