@@ -38,15 +38,14 @@ class GroupLayout:
             at += round_up(p.numel(), block)
         return cls(tuple(offsets), tuple(numels), at, block)
 
-    def segments(self, params: list[torch.Tensor], start: int, n: int, with_grads: bool = True) -> list[Segment]:
-        """Views of the parameters (and their gradients) inside [start, start + n)."""
+    def segments(self, params: list[torch.Tensor], steps: list[int], start: int, n: int) -> list[Segment]:
+        """Views of the parameters and their gradients inside [start, start + n),
+        with each parameter's step count for this update."""
         out = []
-        for p, off, numel in zip(params, self.offsets, self.numels, strict=True):
+        for p, step, off, numel in zip(params, steps, self.offsets, self.numels, strict=True):
             lo, hi = max(off, start), min(off + numel, start + n)
             if lo >= hi:
                 continue
-            grad = None
-            if with_grads and p.grad is not None:
-                grad = p.grad.detach().view(-1)[lo - off : hi - off]
-            out.append(Segment(lo - start, p.detach().view(-1)[lo - off : hi - off], grad))
+            grad = None if p.grad is None else p.grad.detach().reshape(-1)[lo - off : hi - off]
+            out.append(Segment(lo - start, p.detach().view(-1)[lo - off : hi - off], grad, step))
         return out

@@ -8,8 +8,6 @@ between backends and numerics.
 
 Deviations from torch.optim.Adam, by design:
 - parameters must be contiguous float32 CPU tensors (the runtime streams them);
-- one step count per param group: a parameter without a gradient in a step is
-  left unchanged (as in torch), but later bias corrections follow its group;
 - a non-finite gradient raises `NonFiniteGradientError` before anything
   changes (torch would write NaN into the parameters).
 """
@@ -26,7 +24,7 @@ import torch
 from . import backends
 from .backends.base import Backend, BackendError, Shard, StepHyper
 from .layout import GroupLayout
-from .numerics import DEFAULT, FixedFormat
+from .numerics import DEFAULT, FixedFormat, encode_step
 from .runtime import Partition, plan_partition
 
 NUMERICS = ("fp32", "fixed")
@@ -141,13 +139,17 @@ class HetAdam(torch.optim.Optimizer):
             if any(p.grad is not None for p in params):
                 _check_grads(params)
                 work.append((group, partition))
+        if self.numerics == "fixed":  # encoding fails for hyper-parameters the format cannot hold
+            for group, _ in work:
+                _encode_check(self._hyper(group, 1))
         stepped: list[Shard] = []
         saturated = 0
         try:
             for group, partition in work:
-                step = self._group_step(group) + 1
-                hyper = self._hyper(group, step)
-                saturated += partition.step(group["params"], hyper, stepped, self.step_timeout)
+                steps = [self._param_step(p) + 1 for p in group["params"]]
+                live = [s for s, p in zip(steps, group["params"], strict=True) if p.grad is not None]
+                hyper = self._hyper(group, max(live))
+                saturated += partition.step(group["params"], steps, hyper, stepped, self.step_timeout)
         except BaseException as exc:
             for shard in stepped:
                 shard.discard()
@@ -159,17 +161,13 @@ class HetAdam(torch.optim.Optimizer):
         for group, _ in work:
             for p in group["params"]:
                 if p.grad is not None:
-                    state = self.state[p]
-                    state["step"] = torch.tensor(float(self._group_step(group) + 1))
-            group["_hetadam_step"] = self._group_step(group) + 1
+                    self.state[p]["step"] = torch.tensor(float(self._param_step(p) + 1))
         self.saturated = saturated
         return loss
 
-    def _group_step(self, group: dict[str, Any]) -> int:
-        if "_hetadam_step" not in group:
-            steps = [int(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})]
-            group["_hetadam_step"] = max(steps, default=0)
-        return group["_hetadam_step"]
+    def _param_step(self, p: torch.Tensor) -> int:
+        step = self.state.get(p, {}).get("step")
+        return 0 if step is None else int(step)
 
     def _hyper(self, group: dict[str, Any], step: int) -> StepHyper:
         beta1, beta2 = group["betas"]
@@ -191,18 +189,15 @@ class HetAdam(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         self._pull_state_from_shards()
-        out = super().state_dict()
-        for group in out["param_groups"]:
-            group.pop("_hetadam_step", None)
-        return out
+        return super().state_dict()
 
     def _pull_state_from_shards(self) -> None:
         """Copy each shard's resident state into torch's per-parameter layout."""
         for group, partition in zip(self.param_groups, self._partitions, strict=True):
             layout = partition.layout
             exported = [(shard, shard.export_state()) for shard in partition.shards]
-            step = self._group_step(group)
             for p, off, numel in zip(group["params"], layout.offsets, layout.numels, strict=True):
+                step = self._param_step(p)
                 state: dict[str, Any] = {"step": torch.tensor(float(step))}
                 pieces: dict[str, list[np.ndarray]] = {}
                 for shard, st in exported:
@@ -256,6 +251,18 @@ class HetAdam(torch.optim.Optimizer):
         )
 
 
+def _encode_check(hyper: StepHyper) -> None:
+    encode_step(
+        lr=hyper.lr,
+        beta1=hyper.beta1,
+        beta2=hyper.beta2,
+        eps=hyper.eps,
+        step=hyper.step,
+        weight_decay=hyper.weight_decay,
+        decoupled_weight_decay=hyper.decoupled_weight_decay,
+    )
+
+
 def _signed(name: str) -> np.dtype:
     """Dtypes that torch can hold: S (uint16) travels as int16 bits."""
     return {"P": np.int32, "M": np.int16, "em": np.int8, "S": np.int16, "es": np.int8}[name]
@@ -289,7 +296,6 @@ def _push_state_to_shards(optimizer: HetAdam) -> None:
     fmt_tag = np.array([fmt.block, fmt.g_bits, fmt.m_bits, fmt.s_bits, fmt.p_frac])
     for group, partition in zip(optimizer.param_groups, optimizer._partitions, strict=True):
         layout = partition.layout
-        group.pop("_hetadam_step", None)
         B = layout.block
         flat: dict[str, np.ndarray] = {
             "exp_avg": np.zeros(layout.size, np.float32),
@@ -306,6 +312,8 @@ def _push_state_to_shards(optimizer: HetAdam) -> None:
         for p, off, numel in zip(group["params"], layout.offsets, layout.numels, strict=True):
             pid = next(ids, None)
             st = optimizer.state.get(p, {})
+            if "step" in st:  # torch keeps the loaded tensor itself: don't share it
+                st["step"] = torch.tensor(float(st["step"]))
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                 if key in st:
                     flat.setdefault(key, np.zeros(layout.size, np.float32))[off : off + numel] = (

@@ -43,6 +43,7 @@ class Partition:
     def step(
         self,
         params: list[torch.Tensor],
+        steps: list[int],
         hyper: StepHyper,
         stepped: list[Shard],
         timeout: float | None,
@@ -51,7 +52,7 @@ class Partition:
         each started shard to `stepped` so the caller can commit or discard."""
         assert self.layout is not None
         jobs = [
-            (s, name, self.layout.segments(params, s.start, s.n))
+            (s, name, self.layout.segments(params, steps, s.start, s.n))
             for s, name in zip(self.shards, self.backend_names, strict=True)
         ]
         jobs = [j for j in jobs if j[2]]

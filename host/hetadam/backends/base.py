@@ -17,7 +17,7 @@ conversions they share (gradient quantisation, scalar encoding) live in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -51,11 +51,13 @@ class Availability:
 class Segment:
     """One parameter's elements inside a shard: 1-D float32 views of the
     parameter and its gradient (None: the parameter has no gradient this step
-    and stays as it is, as in torch.optim)."""
+    and stays as it is, as in torch.optim), and the parameter's own step
+    count for this update (None: the step's `StepHyper.step`)."""
 
     offset: int
     param: torch.Tensor
     grad: torch.Tensor | None
+    step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,14 +195,14 @@ class FixedShard(Shard):
                 grad[seg.offset : seg.offset + seg.grad.numel()] = seg.grad.numpy()
         g = prepare_fixed_grad(grad, self.params(), hyper)
         G, eg = quantize_grad_fast(g, self.fmt)
-        if all(seg.grad is not None for seg in segments):
+        if all(seg.grad is not None and seg.step in (None, hyper.step) for seg in segments):
             return self.kernel.run(G, eg, sc, self.start)
-        return self._partial_step(segments, G, eg, sc)
+        return self._partial_step(segments, G, eg, hyper)
 
-    def _partial_step(self, segments: list[Segment], G: np.ndarray, eg: np.ndarray, sc: StepScalars) -> int:
-        """Some parameters have no gradient: step the others on the host with the
-        golden model (each parameter's blocks are its own) and upload the result
-        as the pending state."""
+    def _partial_step(self, segments: list[Segment], G: np.ndarray, eg: np.ndarray, hyper: StepHyper) -> int:
+        """Some parameters have no gradient or their own step count: step each
+        on the host with the golden model (each parameter's blocks are its own)
+        and stage the result as the pending state."""
         old = self.kernel.download()
         new = old.copy()
         sat = 0
@@ -211,6 +213,7 @@ class FixedShard(Shard):
             lo, hi = seg.offset, seg.offset + seg.param.numel()
             blo, bhi = lo // B, -(-hi // B)
             part = FixedState(old.P[lo:hi], old.M[lo:hi], old.em[blo:bhi], old.S[lo:hi], old.es[blo:bhi])
+            sc = self.scalars(replace(hyper, step=seg.step or hyper.step))
             stepped, s = adam_step(part, G[lo:hi], eg[blo:bhi], sc, self.start + lo, self.fmt)
             new.P[lo:hi], new.M[lo:hi], new.S[lo:hi] = stepped.P, stepped.M, stepped.S
             new.em[blo:bhi], new.es[blo:bhi] = stepped.em, stepped.es

@@ -84,7 +84,7 @@ class CpuFp32Shard(Shard):
             moments["exp_avg"],
             moments["exp_avg_sq"],
             moments.get("max_exp_avg_sq", []) if hyper.amsgrad else [],
-            [torch.tensor(float(hyper.step)) for _ in live],
+            [torch.tensor(float(s.step or hyper.step)) for s in live],
             lr=hyper.lr,
             beta1=hyper.beta1,
             beta2=hyper.beta2,

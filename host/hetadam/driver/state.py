@@ -1,4 +1,4 @@
-"""`DriverKernel`: a `FixedKernel` whose state stays resident in the kernel's buffers.
+"""`ResidentState`: the fixed state of n elements, resident in the kernel's buffers.
 
 Layout. The shard's n elements are cut into pieces of at most `chunk`
 elements (a multiple of the block size, so every piece starts on a block and
@@ -18,18 +18,20 @@ is killed mid-way leaves it intact. That copy is the price of the in-place
 interface; it is the cheapest correct scheme short of separate output
 pointers in the register map. The host views are the reference copy: they
 are synced to the device before each run and back after it.
+
+This module needs only NumPy (no torch): the board's smoke test uses it as
+is; backends use it through `DriverKernel` (driver/kernel.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..backends.base import BackendError, FixedKernel
 from ..numerics import DEFAULT, FixedFormat, FixedState
 from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
 from ..numerics.formats import n_blocks
 from ..numerics.scalars import StepScalars
-from . import AdamDriver, Buffer, DriverError
+from . import AdamDriver, Buffer
 
 DEFAULT_CHUNK = 1 << 20
 """Elements a piece holds at most by default: 18 MiB of buffers (two state sets and g)."""
@@ -56,27 +58,22 @@ class _Piece:
         self.sets = (_StateSet(driver, hi - lo, block), _StateSet(driver, hi - lo, block))
 
 
-class DriverKernel(FixedKernel):
-    """The fixed update through `AdamDriver` (any transport); see the module docstring."""
+class ResidentState:
+    """Upload, run (two-phase), commit, discard, download; see the module docstring.
+    Methods follow `hetadam.backends.base.FixedKernel`; failures raise DriverError."""
 
-    def __init__(
-        self, driver: AdamDriver, n: int, fmt: FixedFormat, *, backend: str, chunk: int = DEFAULT_CHUNK
-    ) -> None:
+    def __init__(self, driver: AdamDriver, n: int, fmt: FixedFormat = DEFAULT, *, chunk: int = DEFAULT_CHUNK) -> None:
         if fmt != DEFAULT:
-            raise ValueError(f"the {backend!r} kernel implements the format {DEFAULT.name} only, not {fmt.name}")
+            raise ValueError(f"the kernel implements the format {DEFAULT.name} only, not {fmt.name}")
         if chunk < fmt.block or chunk % fmt.block:
             raise ValueError(f"chunk={chunk} must be a positive multiple of the block size {fmt.block}")
         self.driver = driver
         self.n = n
         self.fmt = fmt
-        self.backend = backend
         self.pieces = [_Piece(driver, lo, min(lo + chunk, n), fmt.block) for lo in range(0, n, chunk)]
-        self.g = driver.transport.allocate(min(n, chunk), np.int16)
+        self.g = driver.transport.allocate(max(min(n, chunk), 1), np.int16)
         self.cur = 0
         self.has_pending = False
-
-    def _error(self, exc: Exception) -> BackendError:
-        return BackendError(f"backend {self.backend!r}: {exc}")
 
     def _write(self, which: int, state: FixedState) -> None:
         for pc in self.pieces:
@@ -104,21 +101,18 @@ class DriverKernel(FixedKernel):
         t = self.driver.transport
         egb = eg.astype(np.int8).view(np.uint8).astype(np.uint32)
         sat = 0
-        try:
-            for pc in self.pieces:
-                old, new = pc.sets[self.cur], pc.sets[1 - self.cur]
-                new.p.array[:] = old.p.array
-                new.ms.array[:] = old.ms.array
-                new.ex.array[:] = (old.ex.array & 0x00FF_FF00) | egb[pc.blo : pc.bhi]
-                self.g.array[: pc.hi - pc.lo] = G[pc.lo : pc.hi]
-                for buf in (*new.buffers, self.g):
-                    t.sync_to_device(buf)
-                addresses = {"p": new.p.address, "g": self.g.address, "ms": new.ms.address, "ex": new.ex.address}
-                sat += self.driver.run(pc.hi - pc.lo, idx0 + pc.lo, sc, addresses)
-                for buf in new.buffers:
-                    t.sync_from_device(buf)
-        except DriverError as exc:
-            raise self._error(exc) from exc
+        for pc in self.pieces:
+            old, new = pc.sets[self.cur], pc.sets[1 - self.cur]
+            new.p.array[:] = old.p.array
+            new.ms.array[:] = old.ms.array
+            new.ex.array[:] = (old.ex.array & 0x00FF_FF00) | egb[pc.blo : pc.bhi]
+            self.g.array[: pc.hi - pc.lo] = G[pc.lo : pc.hi]
+            for buf in (*new.buffers, self.g):
+                t.sync_to_device(buf)
+            addresses = {"p": new.p.address, "g": self.g.address, "ms": new.ms.address, "ex": new.ex.address}
+            sat += self.driver.run(pc.hi - pc.lo, idx0 + pc.lo, sc, addresses)
+            for buf in new.buffers:
+                t.sync_from_device(buf)
         self.has_pending = True
         return sat
 

@@ -1,0 +1,576 @@
+"""The `opencl` backend: hw/opencl/adam.cl through pyopencl, on any OpenCL
+device — a GPU when one is present, else the PoCL CPU device.
+
+Device selection: ``OpenCLBackend(platform=..., device=...)`` or the
+environment variables ``HETADAM_OPENCL_PLATFORM`` / ``HETADAM_OPENCL_DEVICE``
+(an index, or a case-insensitive substring of the platform's or device's name
+and vendor). The device index counts the devices of the selected platforms in
+order. Without either, the first GPU wins, else the first device.
+
+The optimizer state lives in device buffers for the life of a shard, twice
+over (committed and pending), so that a step can be committed or discarded
+by swapping. A step streams the gradients in through two pinned staging
+buffers (`mem_flags.ALLOC_HOST_PTR`, mapped once): the copy of chunk k+1 runs
+on a transfer queue while the kernel of chunk k runs on the compute queue.
+Programs are built once per context and build options.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..numerics import DEFAULT, FixedFormat, FixedState
+from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
+from ..numerics.fast import quantize_grad_fast
+from ..numerics.formats import n_blocks
+from ..numerics.scalars import StepScalars
+from .base import Availability, Backend, BackendError, FixedKernel, FixedShard, Segment, Shard, StepHyper
+
+try:
+    import pyopencl as cl
+except ImportError:  # the backend reports itself unusable
+    cl = None
+
+SOURCE = Path(__file__).resolve().parents[3] / "hw" / "opencl" / "adam.cl"
+ENV_PLATFORM = "HETADAM_OPENCL_PLATFORM"
+ENV_DEVICE = "HETADAM_OPENCL_DEVICE"
+VEC = 8
+"""Floats per work-item of the fp32 kernel (HETADAM_VEC)."""
+WORK_GROUP = 64
+FP32_OPTIONS = (f"-DHETADAM_VEC={VEC}", "-cl-fp32-correctly-rounded-divide-sqrt")
+CHUNK = 1 << 20
+"""Elements per staging chunk."""
+
+_PROGRAMS: dict[tuple[object, str], object] = {}
+
+
+def _matches(spec: str | int, index: int, names: tuple[str, ...]) -> bool:
+    if isinstance(spec, int) or spec.strip().isdigit():
+        return int(spec) == index
+    return any(spec.strip().lower() in name.lower() for name in names)
+
+
+def select_device(platform: str | int | None = None, device: str | int | None = None) -> cl.Device:
+    """The OpenCL device chosen by the arguments, else by the environment, else
+    the first GPU, else the first device. Raises LookupError when none matches."""
+    platform = os.environ.get(ENV_PLATFORM) if platform is None else platform
+    device = os.environ.get(ENV_DEVICE) if device is None else device
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as exc:  # the ICD loader found no platform
+        raise LookupError(f"no OpenCL platform found ({exc})") from exc
+    if platform is not None:
+        platforms = [p for i, p in enumerate(platforms) if _matches(platform, i, (p.name, p.vendor))]
+    devices = [d for p in platforms for d in p.get_devices()]
+    if device is not None:
+        devices = [d for i, d in enumerate(devices) if _matches(device, i, (d.name, d.vendor))]
+    if not devices:
+        wanted = ", ".join(f"{k}={v!r}" for k, v in (("platform", platform), ("device", device)) if v is not None)
+        raise LookupError(f"no OpenCL device found{' for ' + wanted if wanted else ''}")
+    gpus = [d for d in devices if d.type & cl.device_type.GPU]
+    return (gpus or devices)[0]
+
+
+def devices() -> list[str]:
+    """'platform: device' of every OpenCL device here (empty when none)."""
+    if cl is None:
+        return []
+    try:
+        return [f"{p.name}: {d.name}" for p in cl.get_platforms() for d in p.get_devices()]
+    except cl.Error:
+        return []
+
+
+def program(context: cl.Context, options: tuple[str, ...]) -> cl.Program:
+    """adam.cl built for `context` with `options`, once."""
+    key = (context, " ".join(options))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = cl.Program(context, SOURCE.read_text()).build(options=list(options))
+    return _PROGRAMS[key]
+
+
+def _chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(lo, hi, size):
+        yield a, min(a + size, hi)
+
+
+class _Staging:
+    """Two slots, each a pinned host buffer (mapped once) with its own device
+    buffers; a slot is handed out again once the commands that used it are done."""
+
+    def __init__(self, queue: cl.CommandQueue, host_bytes: int, device_bytes: tuple[int, ...]) -> None:
+        mf = cl.mem_flags
+        self._pinned = [cl.Buffer(queue.context, mf.READ_WRITE | mf.ALLOC_HOST_PTR, host_bytes) for _ in range(2)]
+        access = cl.map_flags.READ | cl.map_flags.WRITE
+        self.host = [cl.enqueue_map_buffer(queue, b, access, 0, (host_bytes,), np.uint8)[0] for b in self._pinned]
+        self.device = [tuple(cl.Buffer(queue.context, mf.READ_WRITE, n) for n in device_bytes) for _ in range(2)]
+        self._events: list[list[cl.Event]] = [[], []]
+        self._next = 0
+
+    def acquire(self) -> int:
+        k, self._next = self._next, self._next ^ 1
+        if self._events[k]:
+            cl.wait_for_events(self._events[k])
+        self._events[k] = []
+        return k
+
+    def release(self, k: int, *events: cl.Event) -> None:
+        self._events[k] = list(events)
+
+    def drain(self) -> None:
+        for k in (0, 1):
+            if self._events[k]:
+                cl.wait_for_events(self._events[k])
+            self._events[k] = []
+
+
+class _Device:
+    """A context on one device, with a compute queue and a transfer queue."""
+
+    def __init__(self, device: cl.Device) -> None:
+        self.device = device
+        self.context = cl.Context([device])
+        self.compute = cl.CommandQueue(self.context)
+        self.transfer = cl.CommandQueue(self.context)
+        self.fp64 = "cl_khr_fp64" in device.extensions
+
+    def buffer(self, nbytes: int, fill: np.ndarray | None = None) -> cl.Buffer:
+        buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(nbytes, 4))
+        if fill is not None:
+            self.write(buf, fill)
+        return buf
+
+    def write(self, buf: cl.Buffer, host: np.ndarray, offset: int = 0) -> None:
+        if host.nbytes:
+            cl.enqueue_copy(self.compute, buf, np.ascontiguousarray(host), dst_offset=offset, is_blocking=True)
+
+    def read(self, buf: cl.Buffer, host: np.ndarray, offset: int = 0) -> np.ndarray:
+        if host.nbytes:
+            cl.enqueue_copy(self.compute, host, buf, src_offset=offset, is_blocking=True)
+        return host
+
+
+def _checked(what: str, fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except cl.Error as exc:
+        raise BackendError(f"opencl: {what} failed: {exc}") from exc
+
+
+# ---- fixed ---------------------------------------------------------------------------------------
+
+
+class OpenCLFixedKernel(FixedKernel):
+    """The `fixed` kernel on resident device buffers in the kernel's memory
+    layout (regmap.py): p int32, ms uint32, ex uint32 per block."""
+
+    def __init__(self, dev: _Device, n: int, fmt: FixedFormat, chunk: int = CHUNK) -> None:
+        self.dev, self.n, self.fmt = dev, n, fmt
+        self.nb = n_blocks(n, fmt.block)
+        opts = [
+            f"-DFX_BLOCK={fmt.block}",
+            f"-DFX_G_MAG={fmt.g_bits - 1}",
+            f"-DFX_M_MAG={fmt.m_bits - 1}",
+            f"-DFX_S_BITS={fmt.s_bits}",
+        ]
+        if dev.fp64:
+            opts.append("-DHETADAM_FP64")
+        self.kernel = cl.Kernel(program(dev.context, tuple(opts)), "hetadam_adam")
+        self.kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 4 + [np.int32] * 7 + [np.uint32] * 2 + [np.int32])
+        self.chunk_blocks = max(1, chunk // fmt.block)
+        cb = self.chunk_blocks
+        self.slots = _Staging(dev.compute, cb * fmt.block * 2 + cb, (cb * fmt.block * 2, cb, cb * 4))
+        self.p = [dev.buffer(4 * n) for _ in range(2)]
+        self.ms = [dev.buffer(4 * n) for _ in range(2)]
+        self.ex = [dev.buffer(4 * self.nb) for _ in range(2)]
+        self.cur = 0
+        self.has_pending = False
+        self._params: np.ndarray | None = None
+
+    def _write(self, k: int, state: FixedState) -> None:
+        self.dev.write(self.p[k], state.P.astype(np.int32))
+        self.dev.write(self.ms[k], pack_ms(state.M, state.S))
+        self.dev.write(self.ex[k], pack_ex(np.zeros(self.nb, np.int8), state.em, state.es))
+
+    def upload(self, state: FixedState) -> None:
+        self._write(self.cur, state)
+        self.has_pending = False
+        self._params = state.P.astype(np.int32).copy()
+
+    def download(self) -> FixedState:
+        k = self.cur
+        P = self.dev.read(self.p[k], np.empty(self.n, np.int32))
+        M, S = unpack_ms(self.dev.read(self.ms[k], np.empty(self.n, np.uint32)))
+        _, em, es = unpack_ex(self.dev.read(self.ex[k], np.empty(self.nb, np.uint32)))
+        return FixedState(P=P, M=M, em=em, S=S, es=es)
+
+    def launch(
+        self, g: cl.Buffer, eg: cl.Buffer, sat: cl.Buffer, block0: int, blocks: int, sc: StepScalars, idx0: int,
+        wait_for: list[cl.Event] | None = None,
+    ) -> cl.Event:  # fmt: skip
+        """Enqueue the kernel over blocks [block0, block0 + blocks) of the resident
+        state; g, eg and sat hold just those blocks."""
+        src, dst = self.cur, self.cur ^ 1
+        size = -(-blocks // WORK_GROUP) * WORK_GROUP
+        return self.kernel(
+            self.dev.compute, (size,), (WORK_GROUP,),
+            self.p[src], g, eg, self.ms[src], self.ex[src], self.p[dst], self.ms[dst], self.ex[dst], sat,
+            self.n, block0, blocks, idx0 & 0xFFFFFFFF,
+            sc.beta1, sc.beta2, sc.eps_m, sc.eps_e, sc.alpha_m, sc.alpha_sh, sc.ratio_max, sc.lwd, sc.seed, sc.mode,
+            wait_for=wait_for,
+        )  # fmt: skip
+
+    def run(self, G: np.ndarray, eg: np.ndarray, sc: StepScalars, idx0: int) -> int:
+        B = self.fmt.block
+        sat = np.zeros(self.nb, np.int32)
+        for b0, b1 in _chunks(0, self.nb, self.chunk_blocks):
+            k = self.slots.acquire()
+            lo, hi = b0 * B, min(b1 * B, self.n)
+            host = self.slots.host[k]
+            g_host = host[: 2 * (hi - lo)].view(np.int16)
+            g_host[:] = G[lo:hi]
+            eg_host = host[2 * self.chunk_blocks * B :][: b1 - b0].view(np.int8)
+            eg_host[:] = eg[b0:b1]
+            d_g, d_eg, d_sat = self.slots.device[k]
+            q = self.dev.transfer
+            copies = [
+                cl.enqueue_copy(q, d_g, g_host, is_blocking=False),
+                cl.enqueue_copy(q, d_eg, eg_host, is_blocking=False),
+            ]
+            done = self.launch(d_g, d_eg, d_sat, b0, b1 - b0, sc, idx0, copies)
+            read = cl.enqueue_copy(self.dev.compute, sat[b0:b1], d_sat, wait_for=[done], is_blocking=False)
+            self.slots.release(k, read)
+        _checked("the fixed step", self.dev.compute.finish)
+        self.slots.drain()
+        self.has_pending = True
+        return int(sat.sum())
+
+    def stage(self, state: FixedState) -> None:
+        self._write(self.cur ^ 1, state)
+        self.has_pending = True
+
+    def commit(self) -> None:
+        if self.has_pending:
+            self.cur ^= 1
+            self.has_pending = False
+            self._params = None
+
+    def discard(self) -> None:
+        self.has_pending = False
+
+    def params(self) -> np.ndarray:
+        if self._params is None:
+            self._params = self.dev.read(self.p[self.cur], np.empty(self.n, np.int32))
+        return self._params
+
+
+# ---- fp32 ----------------------------------------------------------------------------------------
+
+MAXIMIZE, COUPLED_DECAY, DECOUPLED_DECAY, AMSGRAD = 1, 2, 4, 8
+STATE_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+@dataclass(frozen=True)
+class Fp32Scalars:
+    """The kernel's float arguments of one step, rounded from double as torch's fused kernel does."""
+
+    lerp_w: float
+    beta2: float
+    sq_w: float
+    bc2_sqrt: float
+    eps: float
+    neg_step: float
+    wd: float
+    p_scale: float
+    flags: int
+
+    @classmethod
+    def of(cls, h: StepHyper) -> Fp32Scalars:
+        flags = (MAXIMIZE if h.maximize else 0) | (AMSGRAD if h.amsgrad else 0)
+        if h.weight_decay:
+            flags |= DECOUPLED_DECAY if h.decoupled_weight_decay else COUPLED_DECAY
+        return cls(
+            lerp_w=1.0 - h.beta1,
+            beta2=h.beta2,
+            sq_w=1.0 - h.beta2,
+            bc2_sqrt=math.sqrt(1.0 - h.beta2**h.step),
+            eps=h.eps,
+            neg_step=-(h.lr / (1.0 - h.beta1**h.step)),
+            wd=h.weight_decay,
+            p_scale=1.0 - h.lr * h.weight_decay,
+            flags=flags,
+        )
+
+    def args(self) -> tuple[float | int, ...]:
+        return (self.lerp_w, self.beta2, self.sq_w, self.bc2_sqrt, self.eps, self.neg_step, self.wd, self.p_scale,
+                self.flags)  # fmt: skip
+
+
+def _live_runs(segments: list[Segment]) -> list[list[Segment]]:
+    """Consecutive segments with gradients, in offset order."""
+    runs: list[list[Segment]] = []
+    last_live = False
+    for seg in sorted(segments, key=lambda s: s.offset):
+        live = seg.grad is not None
+        if live and last_live:
+            runs[-1].append(seg)
+        elif live:
+            runs.append([seg])
+        last_live = live
+    return runs
+
+
+def _gaps(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    out, at = [], 0
+    for lo, hi in sorted(ranges):
+        if lo > at:
+            out.append((at, lo))
+        at = max(at, hi)
+    if at < n:
+        out.append((at, n))
+    return out
+
+
+class OpenCLFp32Shard(Shard):
+    """torch's Adam/AdamW in float32 on the device: parameters, exp_avg,
+    exp_avg_sq (and max_exp_avg_sq) resident, committed and pending."""
+
+    def __init__(self, dev: _Device, start: int, n: int, chunk: int = CHUNK) -> None:
+        super().__init__(start, n)
+        self.dev = dev
+        self.kernel = cl.Kernel(program(dev.context, FP32_OPTIONS), "hetadam_adam_fp32")
+        self.kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 2 + [np.float32] * 8 + [np.int32])
+        self.chunk = -(-chunk // VEC) * VEC
+        self.slots = _Staging(dev.compute, 4 * self.chunk, (4 * self.chunk,))
+        self.padded = -(-n // VEC) * VEC + VEC
+        zeros = np.zeros(self.padded, np.float32)
+        self.bufs = {name: [dev.buffer(4 * self.padded, zeros) for _ in range(2)] for name in ("p", *STATE_NAMES[:2])}
+        self.cur = 0
+        self.has_pending = False
+        self._segments: list[Segment] = []
+
+    def _ensure_amsgrad(self) -> None:
+        if "max_exp_avg_sq" not in self.bufs:
+            zeros = np.zeros(self.padded, np.float32)
+            self.bufs["max_exp_avg_sq"] = [self.dev.buffer(4 * self.padded, zeros) for _ in range(2)]
+
+    def launch(
+        self, g: cl.Buffer, lo: int, hi: int, sc: Fp32Scalars, wait_for: list[cl.Event] | None = None
+    ) -> cl.Event:
+        """Enqueue the kernel over elements [lo, hi) (rounded up to whole vectors)
+        of the resident state, g holding just those elements."""
+        src, dst = self.cur, self.cur ^ 1
+        b = self.bufs
+        vmax = b.get("max_exp_avg_sq", b["exp_avg_sq"])
+        units = -(-(hi - lo) // VEC)
+        size = -(-units // WORK_GROUP) * WORK_GROUP
+        return self.kernel(
+            self.dev.compute, (size,), (WORK_GROUP,),
+            b["p"][src], g, b["exp_avg"][src], b["exp_avg_sq"][src], vmax[src],
+            b["p"][dst], b["exp_avg"][dst], b["exp_avg_sq"][dst], vmax[dst],
+            lo, units, *sc.args(), wait_for=wait_for,
+        )  # fmt: skip
+
+    def step(self, segments: list[Segment], hyper: StepHyper) -> int:
+        if hyper.amsgrad:
+            self._ensure_amsgrad()
+        sc = Fp32Scalars.of(hyper)
+        self._segments = segments
+        live: list[tuple[int, int]] = []
+        for run in _live_runs(segments):
+            lo, hi = run[0].offset, run[-1].offset + run[-1].param.numel()
+            live.append((lo, hi))
+            for a, b in _chunks(lo, hi, self.chunk):
+                self._chunk(run, a, b, sc)
+        for lo, hi in _gaps(live, self.padded):  # what this step leaves as it is
+            for bufs in self.bufs.values():
+                cl.enqueue_copy(self.dev.compute, bufs[self.cur ^ 1], bufs[self.cur], byte_count=4 * (hi - lo),
+                                src_offset=4 * lo, dst_offset=4 * lo)  # fmt: skip
+        _checked("the fp32 step", self.dev.compute.finish)
+        self.slots.drain()
+        self.has_pending = True
+        return 0
+
+    def _chunk(self, run: list[Segment], a: int, b: int, sc: Fp32Scalars) -> None:
+        """Stage the gradients of elements [a, b) of a run (zeros between its
+        segments), send them, and enqueue the kernel on them."""
+        k = self.slots.acquire()
+        end = a + -(-(b - a) // VEC) * VEC
+        host = self.slots.host[k][: 4 * (end - a)].view(np.float32)
+        at = a
+        for seg in run:
+            lo, hi = max(seg.offset, a), min(seg.offset + seg.param.numel(), b)
+            if lo >= hi:
+                continue
+            host[at - a : lo - a] = 0.0
+            host[lo - a : hi - a] = seg.grad.detach()[lo - seg.offset : hi - seg.offset].numpy()
+            at = hi
+        host[at - a :] = 0.0
+        (d_g,) = self.slots.device[k]
+        copy = cl.enqueue_copy(self.dev.transfer, d_g, host, is_blocking=False)
+        self.slots.release(k, self.launch(d_g, a, b, sc, [copy]))
+
+    def commit(self) -> None:
+        if not self.has_pending:
+            return
+        self.cur ^= 1
+        self.has_pending = False
+        pieces = [
+            (seg, a, b) for seg in self._segments if seg.grad is not None
+            for a, b in _chunks(seg.offset, seg.offset + seg.param.numel(), self.chunk)
+        ]  # fmt: skip
+        reads: list[tuple[int, cl.Event]] = []
+        p = self.bufs["p"][self.cur]
+        for i in range(len(pieces) + 1):
+            if i < len(pieces):  # read piece i while piece i - 1 is copied out
+                _, a, b = pieces[i]
+                k = self.slots.acquire()
+                host = self.slots.host[k][: 4 * (b - a)].view(np.float32)
+                reads.append((k, cl.enqueue_copy(self.dev.transfer, host, p, src_offset=4 * a, is_blocking=False)))
+            if i:
+                seg, a, b = pieces[i - 1]
+                k, ev = reads[i - 1]
+                ev.wait()
+                host = self.slots.host[k][: 4 * (b - a)].view(np.float32)
+                seg.param[a - seg.offset : b - seg.offset].copy_(torch.from_numpy(host))
+        self._segments = []
+
+    def discard(self) -> None:
+        self.has_pending = False
+        self._segments = []
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        return {
+            name: self.dev.read(bufs[self.cur], np.empty(self.padded, np.float32))[: self.n].copy()
+            for name, bufs in self.bufs.items()
+            if name != "p"
+        }
+
+    def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
+        def padded(a: np.ndarray) -> np.ndarray:
+            out = np.zeros(self.padded, np.float32)
+            out[: self.n] = np.asarray(a, np.float32).reshape(self.n)
+            return out
+
+        if "max_exp_avg_sq" in state:
+            self._ensure_amsgrad()
+        zeros = np.zeros(self.n, np.float32)
+        for name, bufs in self.bufs.items():
+            self.dev.write(bufs[self.cur], padded(params if name == "p" else state.get(name, zeros)))
+        self.has_pending = False
+
+
+# ---- backend -------------------------------------------------------------------------------------
+
+
+class OpenCLBackend(Backend):
+    name = "opencl"
+    numerics = ("fp32", "fixed")
+
+    def __init__(self, platform: str | int | None = None, device: str | int | None = None, chunk: int = CHUNK) -> None:
+        if cl is None:
+            self.availability().raise_if_unusable(self.name)
+        self.dev = _Device(select_device(platform, device))
+        self.chunk = chunk
+
+    @property
+    def device_name(self) -> str:
+        d = self.dev.device
+        return f"{d.platform.name}: {d.name}"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        if cl is None:
+            return Availability(False, "pyopencl is not installed", "Install it: pip install 'hetadam[opencl]'")
+        try:
+            select_device()
+        except LookupError as exc:
+            return Availability(
+                False,
+                str(exc),
+                "Install an OpenCL driver for your GPU, or the PoCL CPU device: pip install 'pyopencl[pocl]'"
+                f" (check {ENV_PLATFORM} / {ENV_DEVICE})",
+            )
+        return Availability(True)
+
+    def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat = DEFAULT) -> Shard:
+        if numerics == "fp32":
+            return OpenCLFp32Shard(self.dev, start, n, self.chunk)
+        if numerics == "fixed":
+            return FixedShard(start, n, OpenCLFixedKernel(self.dev, n, fmt, self.chunk), fmt)
+        raise ValueError(f"backend 'opencl' has no numerics {numerics!r}: choose one of {', '.join(self.numerics)}")
+
+
+# ---- bench ---------------------------------------------------------------------------------------
+
+
+def _rate(fn: Callable[[], object], n: int, seconds: float) -> float:
+    """Gparam/s of fn over n parameters: the best of repeated timings after a warm-up."""
+    fn()
+    best, spent = math.inf, 0.0
+    while spent < seconds or best == math.inf:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+    return n / best / 1e9
+
+
+def bench_opencl(
+    sizes: tuple[int, ...] = (1 << 20, 1 << 24), seconds: float = 1.0, backend: OpenCLBackend | None = None
+) -> list[dict[str, object]]:
+    """Gparam/s of the opencl backend against torch.optim.Adam(fused=True) in the
+    same run, for each size and numerics: `resident` times the kernel alone on
+    device-resident buffers (gradient already on the device), `step` a whole
+    shard step and commit (gradients in, parameters out, host conversions)."""
+    be = backend or OpenCLBackend()
+    out: list[dict[str, object]] = []
+    hyper = StepHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=10)
+    for n in sizes:
+        gen = torch.Generator().manual_seed(n)
+        params = torch.randn(n, generator=gen)
+        grad = torch.randn(n, generator=gen) * 1e-3
+        ref = params.clone().requires_grad_()
+        ref.grad = grad.clone()
+        opt = torch.optim.Adam([ref], lr=1e-3, fused=True)
+        fused = _rate(opt.step, n, seconds)
+        for numerics in ("fp32", "fixed"):
+            shard = be.create_shard(0, n, numerics, DEFAULT)
+            p = params.clone()
+            shard.import_state({}, p.numpy())
+            seg = [Segment(0, p, grad)]
+            if numerics == "fp32":
+                g_dev = be.dev.buffer(4 * n, grad.numpy())
+                sc = Fp32Scalars.of(hyper)
+
+                def resident(shard: OpenCLFp32Shard = shard, g_dev: cl.Buffer = g_dev, sc: Fp32Scalars = sc) -> None:
+                    shard.launch(g_dev, 0, n, sc).wait()
+            else:
+                kernel = shard.kernel
+                G, eg = quantize_grad_fast(grad.numpy())
+                g_dev, eg_dev = be.dev.buffer(2 * n, G), be.dev.buffer(eg.size, eg)
+                sat_dev = be.dev.buffer(4 * eg.size)
+                sc = shard.scalars(hyper)
+
+                def resident(kernel: OpenCLFixedKernel = kernel, bufs: tuple = (g_dev, eg_dev, sat_dev),
+                             sc: StepScalars = sc, nb: int = eg.size) -> None:  # fmt: skip
+                    kernel.launch(*bufs, 0, nb, sc, 0).wait()
+
+            def step(shard: Shard = shard, seg: list[Segment] = seg) -> None:
+                shard.step(seg, hyper)
+                shard.commit()
+
+            for mode, fn in (("resident", resident), ("step", step)):
+                rate = _rate(fn, n, seconds)
+                out.append({"n": n, "numerics": numerics, "mode": mode, "gparam_s": rate, "torch_fused_gparam_s": fused,
+                            "ratio": rate / fused, "device": be.device_name})  # fmt: skip
+            shard.close()
+    return out

