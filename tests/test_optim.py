@@ -32,7 +32,7 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, data, closure: boo
     losses = []
     for x, y in data:
 
-        def loss_fn() -> torch.Tensor:
+        def loss_fn(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
@@ -85,7 +85,7 @@ def test_param_groups_lr_tensor_scheduler_and_closure() -> None:
     for x, y in data:
         for m, o, s in ((ref, opt_ref, sched_ref), (ours, opt, sched)):
 
-            def closure(m=m, o=o) -> torch.Tensor:
+            def closure(m=m, o=o, x=x, y=y) -> torch.Tensor:
                 o.zero_grad()
                 loss = torch.nn.functional.cross_entropy(m(x), y)
                 loss.backward()
@@ -156,8 +156,8 @@ def test_fixed_follows_the_golden_model_bit_for_bit(stochastic: bool) -> None:
     opt = HetAdam(ours.parameters(), lr=1e-2, numerics="fixed", stochastic_rounding=stochastic, seed=17)
     train(ours, opt, data)
     fixed = opt.state_dict()["state"]
-    for i, p in enumerate(ours.parameters()):
-        np.testing.assert_array_equal(fixed[i]["fixed"]["P"].numpy(), expected[i])
+    for i, P in enumerate(expected):
+        np.testing.assert_array_equal(fixed[i]["fixed"]["P"].numpy(), P)
     assert max_diff(ref, ours) == 0.0
 
 
