@@ -1,0 +1,11 @@
+adam_regmap_pkg.sv
+adam_fifo.sv
+adam_delay.sv
+adam_isqrt.sv
+adam_div.sv
+adam_lane.sv
+adam_core.sv
+adam_axi_rd.sv
+adam_axi_wr.sv
+adam_ctrl_s_axi.sv
+hetadam_adam.sv
