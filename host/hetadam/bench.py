@@ -1,0 +1,135 @@
+"""`hetadam bench`: optimizer-step throughput of every usable backend and
+numerics, as ratios against torch.optim.Adam (fused and foreach) measured in
+the same run on the same parameters."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import backends
+from .optim import HetAdam
+
+DEFAULT_SIZES = (1 << 20, 1 << 24)
+SIZE_CAP = {"rtl-sim": 1 << 12, "pynq": 1 << 24}
+"""Simulated hardware runs at kHz-MHz rates: it is benched at a small size."""
+
+
+@dataclass
+class BenchRow:
+    name: str
+    size: int
+    seconds: float
+    fused_seconds: float
+    foreach_seconds: float
+
+    @property
+    def gparams(self) -> float:
+        return self.size / self.seconds / 1e9
+
+    @property
+    def vs_fused(self) -> float:
+        return self.fused_seconds / self.seconds
+
+    @property
+    def vs_foreach(self) -> float:
+        return self.foreach_seconds / self.seconds
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "gparams_per_s": self.gparams, "vs_fused": self.vs_fused, "vs_foreach": self.vs_foreach}
+
+
+def make_params(size: int, n_tensors: int = 4, seed: int = 0) -> list[torch.nn.Parameter]:
+    """`size` elements in a few tensors, with gradients, like a model's."""
+    g = torch.Generator().manual_seed(seed)
+    per = size // n_tensors
+    sizes = [per] * (n_tensors - 1) + [size - per * (n_tensors - 1)]
+    params = []
+    for n in sizes:
+        p = torch.nn.Parameter(torch.randn(n, generator=g) * 0.1)
+        p.grad = torch.randn(n, generator=g) * 1e-3
+        params.append(p)
+    return params
+
+
+def time_steps(make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer], size: int, repeat: int) -> float:
+    """Median seconds of one optimizer step (after two warm-up steps)."""
+    params = make_params(size)
+    opt = make(params)
+    try:
+        for _ in range(2):
+            opt.step()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+    finally:
+        close = getattr(opt, "close", None)
+        if close is not None:
+            close()
+    return statistics.median(times)
+
+
+def torch_peers(size: int, repeat: int) -> tuple[float, float]:
+    fused = time_steps(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), size, repeat)
+    foreach = time_steps(lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True), size, repeat)
+    return fused, foreach
+
+
+def configurations(names: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(backend, numerics) pairs of every usable backend (or of `names`)."""
+    out = []
+    for name in names or backends.NAMES:
+        if not backends.availability(name).usable:
+            continue
+        for numerics in backends.backend_class(name).numerics:
+            out.append((name, numerics))
+    return out
+
+
+def run_bench(
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    names: Sequence[str] | None = None,
+    repeat: int = 5,
+    log: Callable[[str], None] = print,
+) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    for size in sizes:
+        fused, foreach = torch_peers(size, repeat)
+        rows.append(BenchRow("torch Adam fused", size, fused, fused, foreach))
+        rows.append(BenchRow("torch Adam foreach", size, foreach, fused, foreach))
+        log(f"size {size:>10,}: torch fused {size / fused / 1e9:.3f} Gparam/s, foreach {size / foreach / 1e9:.3f}")
+        for name, numerics in configurations(names):
+            n = min(size, SIZE_CAP.get(name, size))
+            seconds = time_steps(lambda p, b=name, nu=numerics: HetAdam(p, lr=1e-3, backend=b, numerics=nu), n, repeat)
+            if n != size:  # compare per element with the peers at the full size
+                seconds *= size / n
+            row = BenchRow(f"hetadam {name} {numerics}", size, seconds, fused, foreach)
+            rows.append(row)
+            log(
+                f"  {row.name:<28} {row.gparams:.3f} Gparam/s  {row.vs_fused:.2f}x fused  {row.vs_foreach:.2f}x foreach"
+            )
+    return rows
+
+
+def table(rows: Sequence[BenchRow]) -> str:
+    lines = [
+        "| optimizer | parameters | Gparam/s | vs torch fused | vs torch foreach |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.size:,} | {r.gparams:.3f} | {r.vs_fused:.2f}x | {r.vs_foreach:.2f}x |")
+    return "\n".join(lines)
+
+
+def write_json(rows: Sequence[BenchRow], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    path.write_text(json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=2) + "\n")

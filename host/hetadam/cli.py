@@ -1,0 +1,91 @@
+"""The `hetadam` command: info, bench, train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import backends
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(f"{'backend':<10} {'numerics':<12} {'usable':<7} why not / how to get it")
+    for name in backends.NAMES:
+        avail = backends.availability(name)
+        try:
+            numerics = ",".join(backends.backend_class(name).numerics)
+        except backends.BackendUnavailable:
+            numerics = "-"
+        why = "" if avail.usable else f"{avail.reason} {avail.remedy}".strip()
+        print(f"{name:<10} {numerics:<12} {'yes' if avail.usable else 'no':<7} {why}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench, table, write_json
+
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    names = args.backends.split(",") if args.backends else None
+    rows = run_bench(sizes, names, repeat=args.repeat)
+    print()
+    print(table(rows))
+    if args.json:
+        write_json(rows, Path(args.json))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .demo import run_training
+
+    return run_training(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hetadam", description="The Adam optimizer on heterogeneous hardware.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="which backends are usable here, and why not")
+    info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="optimizer-step throughput against torch.optim.Adam")
+    bench.add_argument("--sizes", default="1048576,16777216", help="comma-separated parameter counts")
+    bench.add_argument("--backends", default="", help="comma-separated backends (default: every usable one)")
+    bench.add_argument("--repeat", type=int, default=5, help="timed steps per measurement (median)")
+    bench.add_argument("--json", default="", help="also write the rows to this JSON file")
+    bench.set_defaults(func=cmd_bench)
+
+    train = sub.add_parser("train", help="train a model on scikit-learn's digits with HetAdam")
+    train.add_argument("--backend", default="cpu", help="a backend, a comma-separated split, 'auto', or 'all'")
+    train.add_argument("--numerics", default="fixed", choices=("fp32", "fixed"))
+    train.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--short-steps", type=int, default=60, help="steps of the shortened runs (rtl-sim)")
+    train.add_argument("--report", default="", help="write a report with plots into this directory")
+    train.add_argument("--json", default="", help="write the results to this JSON file")
+    train.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (backends.BackendUnavailable, ValueError) as exc:
+        print(f"hetadam: {exc}", file=sys.stderr)
+        return 2
+
+
+def dump(obj: object, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
