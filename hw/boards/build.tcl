@@ -1,0 +1,161 @@
+# Vivado flow of a PYNQ overlay: block design (Zynq PS + the hetadam_adam kernel),
+# synthesis, implementation, bitstream; the .bit and the .hwh PYNQ loads are
+# copied to build/boards/<board>/hetadam.bit and hetadam.hwh.
+#
+# Run by mk/hls.mk (`make bitstream BOARD=pynq-z2 KERNEL=hls`), or directly:
+#   HETADAM_BOARD=pynq-z2 HETADAM_KERNEL=rtl vivado -mode batch -source hw/boards/build.tcl
+#
+# Environment:
+#   HETADAM_BOARD   a folder of hw/boards with a board.tcl (default pynq-z2)
+#   HETADAM_KERNEL  hls: the IP exported by hw/hls/run_hls.tcl for the board's part
+#                   rtl: the RTL of hw/rtl/ (sources.f), packaged here as an IP
+#   HETADAM_JOBS    parallel synthesis/implementation jobs (default 4)
+#
+# The design: the PS's general-purpose master drives the kernel's AXI4-Lite
+# control through a SmartConnect, at the board's ctrl_base; the kernel's four
+# AXI4 masters reach DDR through a second SmartConnect and the PS's
+# high-performance port HP0; the kernel's interrupt goes to the PS; one fabric
+# clock (the board's clock_mhz) and one reset drive everything.
+
+set boards_dir [file dirname [file normalize [info script]]]
+set root [file dirname [file dirname $boards_dir]]
+
+proc env_or {name default} {
+    if {[info exists ::env($name)] && $::env($name) ne ""} {
+        return $::env($name)
+    }
+    return $default
+}
+
+# The kernel's interface (host/hetadam/regmap.py: KERNEL_NAME, M_AXI_BUNDLES, CONTROL_BUNDLE).
+set hetadam_top hetadam_adam
+set hetadam_control s_axi_control
+set hetadam_bundles {gmem_p gmem_g gmem_ms gmem_ex}
+
+set board [env_or HETADAM_BOARD pynq-z2]
+set kernel [env_or HETADAM_KERNEL hls]
+set jobs [env_or HETADAM_JOBS 4]
+set board_tcl [file join $boards_dir $board board.tcl]
+if {![file exists $board_tcl]} {
+    error "no board '$board': $board_tcl does not exist"
+}
+source $board_tcl
+source [file join $boards_dir ps.tcl]
+source [file join $boards_dir package_rtl.tcl]
+
+set out [file join $root build boards $board]
+set work [file join $out $kernel]
+file mkdir $out
+
+# The kernel IP.
+switch -- $kernel {
+    hls {
+        set ip_repo [file join $root build hls $part hetadam_prj sol impl ip]
+        if {![file exists [file join $ip_repo component.xml]]} {
+            error "no HLS IP for $part in $ip_repo: run `make hls-export BOARD=$board` first"
+        }
+        set kernel_vlnv hetadam.org:hls:$hetadam_top:1.0
+    }
+    rtl {
+        set ip_repo [file join $work rtl_ip]
+        hetadam_package_rtl $root $part $ip_repo $hetadam_bundles
+        set kernel_vlnv hetadam.org:rtl:$hetadam_top:1.0
+    }
+    default {
+        error "HETADAM_KERNEL=$kernel: choose hls or rtl"
+    }
+}
+
+# The project, on the board's board part when its board files are installed.
+create_project -force hetadam $work -part $part
+set board_part [lindex [get_board_parts -quiet -latest_file_version $board_part_pattern] 0]
+if {$board_part ne ""} {
+    set_property board_part $board_part [current_project]
+    if {[info exists carrier_part_pattern]} {
+        set carrier [lindex [get_board_parts -quiet -latest_file_version $carrier_part_pattern] 0]
+        if {$carrier ne ""} {
+            lassign [split $carrier :] vendor name _ version
+            set_property board_connections [list $carrier_connector $vendor:$name:$carrier_connector:$version] \
+                [current_project]
+        }
+    }
+} else {
+    puts "WARNING: no board files match $board_part_pattern; the PS keeps Vivado's defaults for DDR and MIO\
+          (PYNQ's boot image configures them on the board)"
+}
+set_property ip_repo_paths [list $ip_repo] [current_project]
+update_ip_catalog
+
+# The block design.
+set bd hetadam_bd
+create_bd_design $bd
+set pins [hetadam_create_ps $ps_kind $clock_mhz [expr {$board_part ne ""}]]
+create_bd_cell -type ip -vlnv $kernel_vlnv hetadam
+create_bd_cell -type ip -vlnv [hetadam_ip_vlnv proc_sys_reset] rst
+set ctrl_sc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] ctrl_sc]
+set_property -dict [list CONFIG.NUM_SI 1 CONFIG.NUM_MI 1] $ctrl_sc
+set data_sc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] data_sc]
+set_property -dict [list CONFIG.NUM_SI [llength $hetadam_bundles] CONFIG.NUM_MI 1] $data_sc
+
+connect_bd_intf_net [get_bd_intf_pins [dict get $pins ctrl]] [get_bd_intf_pins ctrl_sc/S00_AXI]
+connect_bd_intf_net [get_bd_intf_pins ctrl_sc/M00_AXI] [get_bd_intf_pins hetadam/$hetadam_control]
+set si 0
+foreach bundle $hetadam_bundles {
+    connect_bd_intf_net [get_bd_intf_pins hetadam/m_axi_$bundle] [get_bd_intf_pins [format data_sc/S%02d_AXI $si]]
+    incr si
+}
+connect_bd_intf_net [get_bd_intf_pins data_sc/M00_AXI] [get_bd_intf_pins [dict get $pins data]]
+
+set clocked [get_bd_pins [dict get $pins clk]]
+foreach pin [list hetadam/ap_clk rst/slowest_sync_clk ctrl_sc/aclk data_sc/aclk {*}[dict get $pins port_clks]] {
+    lappend clocked [get_bd_pins $pin]
+}
+connect_bd_net {*}$clocked
+connect_bd_net [get_bd_pins [dict get $pins resetn]] [get_bd_pins rst/ext_reset_in]
+connect_bd_net [get_bd_pins rst/peripheral_aresetn] [get_bd_pins hetadam/ap_rst_n] \
+    [get_bd_pins ctrl_sc/aresetn] [get_bd_pins data_sc/aresetn]
+connect_bd_net [get_bd_pins hetadam/interrupt] [get_bd_pins [dict get $pins irq]]
+
+# The address map: the control registers at ctrl_base (64 KiB); each master sees all the PS's memory.
+assign_bd_address
+set ctrl_seg [get_bd_addr_segs -of_objects [get_bd_addr_spaces ps/Data] -filter {NAME =~ "SEG_hetadam_*"}]
+if {[llength $ctrl_seg] != 1} {
+    error "expected one address segment of the kernel's control in ps/Data, found '$ctrl_seg'"
+}
+set_property range 64K $ctrl_seg
+set_property offset $ctrl_base $ctrl_seg
+
+validate_bd_design
+save_bd_design
+set bd_file [get_files $bd.bd]
+generate_target all $bd_file
+add_files -norecurse [make_wrapper -files $bd_file -top]
+set_property top ${bd}_wrapper [current_fileset]
+update_compile_order -fileset sources_1
+
+# Synthesis, implementation, bitstream.
+launch_runs impl_1 -to_step write_bitstream -jobs $jobs
+wait_on_run impl_1
+if {[get_property PROGRESS [get_runs impl_1]] ne "100%"} {
+    error "implementation failed: [get_property STATUS [get_runs impl_1]] (see $work/hetadam.runs/impl_1)"
+}
+open_run impl_1
+set reports [file join $out reports]
+file mkdir $reports
+report_utilization -file [file join $reports utilization_$kernel.rpt]
+report_timing_summary -file [file join $reports timing_$kernel.rpt]
+set wns [get_property SLACK [get_timing_paths -max_paths 1 -setup]]
+if {$wns ne "" && $wns < 0} {
+    puts "CRITICAL WARNING: timing not met at $clock_mhz MHz (WNS $wns ns); see [file join $reports timing_$kernel.rpt]"
+}
+
+# PYNQ loads NAME.bit with NAME.hwh beside it (the .hwh sits under .gen since Vivado 2020.2, .srcs before).
+file copy -force [file join [get_property DIRECTORY [get_runs impl_1]] ${bd}_wrapper.bit] [file join $out hetadam.bit]
+set hwh [lindex [glob -nocomplain \
+    [file join $work hetadam.gen sources_1 bd $bd hw_handoff $bd.hwh] \
+    [file join $work hetadam.srcs sources_1 bd $bd hw_handoff $bd.hwh]] 0]
+if {$hwh eq ""} {
+    error "the block design's hardware handoff ($bd.hwh) was not generated"
+}
+file copy -force $hwh [file join $out hetadam.hwh]
+puts "hetadam: [file join $out hetadam.bit] and hetadam.hwh ($kernel kernel, $board, $clock_mhz MHz)"

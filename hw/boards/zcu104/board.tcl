@@ -1,0 +1,8 @@
+# ZCU104 (AMD): Zynq UltraScale+ XCZU7EV, zynq_ultra_ps_e. Read by hw/hls/run_hls.tcl and hw/boards/build.tcl.
+set board_name zcu104
+set part xczu7ev-ffvc1156-2-e
+set board_part_pattern xilinx.com:zcu104:*
+set clock_mhz 200
+set ps_kind psu
+# The kernel's control registers in the PS's M_AXI_HPM0_FPD window.
+set ctrl_base 0xA0000000

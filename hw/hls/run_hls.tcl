@@ -1,0 +1,88 @@
+# Vitis HLS flow of the hetadam_adam kernel: C simulation, synthesis, C/RTL
+# co-simulation and export as a Vivado IP-catalog IP (hetadam.org:hls:hetadam_adam:1.0).
+#
+# Run by mk/hls.mk (`make hls STEP=... BOARD=...`), or directly:
+#   HETADAM_STEP=csynth HETADAM_BOARD=pynq-z2 vitis_hls -f hw/hls/run_hls.tcl
+#
+# Environment:
+#   HETADAM_STEP       csim | csynth | cosim | export | all (default all); cosim and
+#                      export synthesise first, all runs the four in turn
+#   HETADAM_BOARD      a folder of hw/boards (default pynq-z2): its board.tcl gives the
+#                      part and the clock
+#   HETADAM_PART       overrides the board's part
+#   HETADAM_CLOCK_MHZ  overrides the board's clock
+#   HETADAM_GOLDEN     the golden vectors for csim and cosim (default build/golden)
+#
+# Output in build/hls/<part>/: the project (hetadam_prj/sol; the exported IP in
+# hetadam_prj/sol/impl/ip) and the reports, copied to build/hls/<part>/reports/.
+
+set hls_dir [file dirname [file normalize [info script]]]
+set root [file dirname [file dirname $hls_dir]]
+
+proc env_or {name default} {
+    if {[info exists ::env($name)] && $::env($name) ne ""} {
+        return $::env($name)
+    }
+    return $default
+}
+
+set step [env_or HETADAM_STEP all]
+set steps {csim csynth cosim export all}
+if {[lsearch -exact $steps $step] < 0} {
+    error "HETADAM_STEP=$step: choose one of $steps"
+}
+set board [env_or HETADAM_BOARD pynq-z2]
+set board_tcl [file join $root hw boards $board board.tcl]
+if {![file exists $board_tcl]} {
+    error "no board '$board': $board_tcl does not exist"
+}
+source $board_tcl
+set part [env_or HETADAM_PART $part]
+set clock_mhz [env_or HETADAM_CLOCK_MHZ $clock_mhz]
+set golden [env_or HETADAM_GOLDEN [file join $root build golden]]
+set vectors [lsort [glob -nocomplain -directory $golden *.vec]]
+if {$step in {csim cosim all} && [llength $vectors] == 0} {
+    error "no golden vectors in $golden: run `make csim` (or python -m hetadam.numerics.golden $golden) first"
+}
+
+set out [file join $root build hls $part]
+set reports [file join $out reports]
+file mkdir $reports
+cd $out
+
+open_project -reset hetadam_prj
+set_top hetadam_adam
+set cflags "-std=c++14 -I$hls_dir"
+add_files [file join $hls_dir hetadam_adam.cpp] -cflags $cflags
+add_files -tb [file join $hls_dir hetadam_adam_tb.cpp] -cflags $cflags
+open_solution -reset sol -flow_target vivado
+set_part $part
+create_clock -period [format %.3f [expr {1000.0 / $clock_mhz}]] -name default
+config_export -format ip_catalog -rtl verilog -vendor hetadam.org -library hls -version 1.0 \
+    -display_name "hetadam Adam (HLS)" -description "Fixed-point Adam update, hetadam register map"
+
+proc copy_reports {pattern} {
+    foreach f [glob -nocomplain $pattern] {
+        file copy -force $f $::reports
+    }
+}
+
+if {$step in {csim all}} {
+    csim_design -argv [join $vectors " "]
+    copy_reports hetadam_prj/sol/csim/report/*
+}
+if {$step in {csynth cosim export all}} {
+    csynth_design
+    copy_reports hetadam_prj/sol/syn/report/*.rpt
+    copy_reports hetadam_prj/sol/syn/report/*.xml
+}
+if {$step in {cosim all}} {
+    cosim_design -rtl verilog -trace_level none -argv [join $vectors " "]
+    copy_reports hetadam_prj/sol/sim/report/*
+}
+if {$step in {export all}} {
+    export_design -format ip_catalog
+    puts "hetadam: IP repository [file join $out hetadam_prj sol impl ip]"
+}
+puts "hetadam: $step for $part at $clock_mhz MHz done; reports in $reports"
+exit

@@ -1,0 +1,77 @@
+# The HLS kernel (hw/hls/) and the PYNQ overlays (hw/boards/); docs/hls.md describes each step.
+#
+#   make csim                     C simulation: the kernel and its testbench built with the host
+#                                 C++ compiler, run over the golden vectors (no vendor tools)
+#   make hls STEP=S BOARD=B       Vitis HLS for board B's part and clock, S one of
+#                                 csim | csynth | cosim | export | all (needs vitis_hls)
+#   make hls-csim | hls-csynth | hls-cosim | hls-export    one step of the above
+#   make bitstream BOARD=B KERNEL=hls|rtl                  Vivado: build/boards/B/hetadam.bit + .hwh
+#                                 (needs vivado; KERNEL=hls exports the HLS IP first)
+# Boards: the folders of hw/boards/ (pynq-z2, zcu104, kv260).
+
+HLS_DIR := hw/hls
+HLS_BUILD := build/hls
+GOLDEN_DIR := build/golden
+HLS_CXX ?= $(CXX)
+HLS_CXXFLAGS ?= -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-label
+HLS_HEADERS := $(wildcard $(HLS_DIR)/*.h)
+HLS_KERNEL_SRC := $(HLS_DIR)/hetadam_adam.cpp $(HLS_HEADERS)
+
+BOARD ?= pynq-z2
+KERNEL ?= hls
+STEP ?= all
+VITIS_HLS ?= vitis_hls
+VIVADO ?= vivado
+BOARD_TCL = hw/boards/$(BOARD)/board.tcl
+BOARD_PART = $(shell sed -n 's/^set part  *//p' $(BOARD_TCL))
+HLS_IP = $(HLS_BUILD)/$(BOARD_PART)/hetadam_prj/sol/impl/ip/component.xml
+HLS_GOALS := hls hls-csim hls-csynth hls-cosim hls-export
+
+VITIS_HLS_HELP := install AMD Vitis HLS (part of AMD Vitis 2022.1 or later, https://www.xilinx.com/support/download.html) and run `source <install dir>/settings64.sh`, or set VITIS_HLS=/path/to/vitis_hls
+VIVADO_HELP := install AMD Vivado (2022.1 or later, with Zynq-7000 and Zynq UltraScale+ devices, https://www.xilinx.com/support/download.html) and run `source <install dir>/settings64.sh`, or set VIVADO=/path/to/vivado
+
+# $(call hls_need_tool,TOOL,HELP): stop at once, naming the tool, unless TOOL is on PATH.
+hls_need_tool = $(if $(shell command -v $(1) 2>/dev/null),,$(error $(1) not found on PATH: $(2)))
+hls_need_board = $(if $(wildcard $(BOARD_TCL)),,$(error BOARD=$(BOARD): no $(BOARD_TCL); boards: $(patsubst hw/boards/%/board.tcl,%,$(wildcard hw/boards/*/board.tcl))))
+
+ifneq ($(filter bitstream,$(MAKECMDGOALS)),)
+$(call hls_need_tool,$(VIVADO),$(VIVADO_HELP))
+$(call hls_need_board)
+$(if $(filter $(KERNEL),hls rtl),,$(error KERNEL=$(KERNEL): choose hls or rtl))
+endif
+ifneq ($(filter $(HLS_GOALS),$(MAKECMDGOALS)),)
+$(call hls_need_tool,$(VITIS_HLS),$(VITIS_HLS_HELP))
+$(call hls_need_board)
+endif
+
+.PHONY: csim hls $(filter-out hls,$(HLS_GOALS)) bitstream
+
+$(GOLDEN_DIR)/.stamp: $(STAMP) $(wildcard host/hetadam/numerics/*.py) host/hetadam/regmap.py
+	rm -rf $(GOLDEN_DIR)
+	$(PY) -m hetadam.numerics.golden $(GOLDEN_DIR)
+	touch $@
+
+$(HLS_BUILD)/csim: $(HLS_DIR)/hetadam_adam_tb.cpp $(HLS_KERNEL_SRC)
+	@mkdir -p $(@D)
+	$(HLS_CXX) $(HLS_CXXFLAGS) -I$(HLS_DIR) $(HLS_DIR)/hetadam_adam_tb.cpp $(HLS_DIR)/hetadam_adam.cpp -o $@
+
+csim: $(HLS_BUILD)/csim $(GOLDEN_DIR)/.stamp
+	$(HLS_BUILD)/csim $(GOLDEN_DIR)/*.vec
+
+hls: $(GOLDEN_DIR)/.stamp
+	$(call hls_need_tool,$(VITIS_HLS),$(VITIS_HLS_HELP))
+	@mkdir -p $(HLS_BUILD)
+	cd $(HLS_BUILD) && HETADAM_STEP=$(STEP) HETADAM_BOARD=$(BOARD) HETADAM_GOLDEN=$(CURDIR)/$(GOLDEN_DIR) \
+		$(VITIS_HLS) -f $(CURDIR)/$(HLS_DIR)/run_hls.tcl
+
+hls-csim hls-csynth hls-cosim hls-export:
+	$(MAKE) hls STEP=$(@:hls-%=%) BOARD=$(BOARD)
+
+$(HLS_IP): $(HLS_KERNEL_SRC) $(HLS_DIR)/run_hls.tcl $(BOARD_TCL)
+	$(call hls_need_tool,$(VITIS_HLS),$(VITIS_HLS_HELP))
+	$(MAKE) hls STEP=export BOARD=$(BOARD)
+
+bitstream: $(if $(filter hls,$(KERNEL)),$(HLS_IP))
+	@mkdir -p build/boards/$(BOARD)
+	cd build/boards/$(BOARD) && HETADAM_BOARD=$(BOARD) HETADAM_KERNEL=$(KERNEL) \
+		$(VIVADO) -mode batch -nojournal -log vivado_$(KERNEL).log -source $(CURDIR)/hw/boards/build.tcl
