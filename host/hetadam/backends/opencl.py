@@ -551,7 +551,9 @@ def bench_opencl(
                 g_dev = be.dev.buffer(4 * n, grad.numpy())
                 sc = Fp32Scalars.of(hyper)
 
-                def resident(shard: OpenCLFp32Shard = shard, g_dev: cl.Buffer = g_dev, sc: Fp32Scalars = sc) -> None:
+                def resident(
+                    shard: OpenCLFp32Shard = shard, g_dev: cl.Buffer = g_dev, sc: Fp32Scalars = sc, n: int = n
+                ) -> None:
                     shard.launch(g_dev, 0, n, sc).wait()
             else:
                 kernel = shard.kernel
