@@ -1,0 +1,135 @@
+"""The HLS kernel's interface and constants agree with the one register map
+(host/hetadam/regmap.py) and the numerics spec: top name, argument order,
+AXI4-Lite offsets, AXI4 master bundles, pragmas, format constants."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from hetadam import regmap
+from hetadam.backends.hls_csim import HLS_DIR, find_compiler
+from hetadam.numerics import DEFAULT, formats, golden, lfsr
+
+KERNEL = HLS_DIR / "hetadam_adam.cpp"
+HEADER = HLS_DIR / "hetadam_adam.h"
+TESTBENCH = HLS_DIR / "hetadam_adam_tb.cpp"
+REGMAP_HEADER = HLS_DIR / "adam_regmap.h"
+
+
+def defines() -> dict[str, str]:
+    return dict(re.findall(r"^#define (\w+) (\S+)$", REGMAP_HEADER.read_text(), re.M))
+
+
+def parse_pragma(text: str) -> tuple[str, dict[str, str]]:
+    """'INTERFACE m_axi port=p bundle=gmem_p' -> ('INTERFACE m_axi', {'port': 'p', 'bundle': 'gmem_p'})."""
+    words = text.split()
+    head = " ".join(w for w in words if "=" not in w)
+    return head, dict(w.split("=", 1) for w in words if "=" in w)
+
+
+def kernel_pragmas(source: str) -> list[tuple[str, dict[str, str]]]:
+    """The HLS pragmas of the kernel, with the register-map macros substituted as the preprocessor does."""
+    macros = defines()
+    found = re.findall(r"^\s*(?:#pragma HLS (.+)|HETADAM_PRAGMA\(HLS (.+)\))\s*$", source, re.M)
+    pragmas = []
+    for plain, wrapped in found:
+        text = re.sub(r"\b\w+\b", lambda m: macros.get(m.group(0), m.group(0)), plain or wrapped)
+        pragmas.append(parse_pragma(text))
+    return pragmas
+
+
+def interface(kind: str) -> dict[str, dict[str, str]]:
+    return {kv["port"]: kv for head, kv in kernel_pragmas(KERNEL.read_text()) if head == f"INTERFACE {kind}"}
+
+
+def signature(text: str) -> tuple[str, list[tuple[str, str]]]:
+    name, params = re.search(r'extern "C" void (\w+)\(([^)]*)\)', text).groups()
+    args = [re.match(r"(.*?)(\w+)$", " ".join(p.split())).groups() for p in params.split(",")]
+    return name, [(kind.strip(), arg) for kind, arg in args]
+
+
+def header_constant(name: str) -> int:
+    return int(re.search(rf"constexpr \w+ {name} = (-?\w+);", HEADER.read_text()).group(1), 0)
+
+
+def test_regmap_header_is_generated_from_regmap() -> None:
+    assert REGMAP_HEADER.read_text() == regmap.render_c_header()
+
+
+@pytest.mark.parametrize("path", [KERNEL, HEADER])
+def test_top_function_name_and_arguments_follow_the_register_map(path) -> None:
+    name, args = signature(path.read_text())
+    assert name == regmap.KERNEL_NAME
+    assert [a for _, a in args] == [a.name for a in regmap.ARGS]
+    for (kind, arg), spec in zip(args, regmap.ARGS, strict=True):
+        pointer = spec.bits == 64 or spec.direction == "out"
+        assert kind.endswith("*") == pointer, arg
+        assert kind.startswith("const") == (spec.bits == 64 and arg == "g"), f"only g is read-only: {arg}"
+    assert {arg: kind for kind, arg in args}["eps_e"] == "int32_t", "eps_e is two's complement"
+
+
+def test_axilite_offsets_and_bundle_follow_the_register_map() -> None:
+    axil = interface("s_axilite")
+    assert axil.pop("return") == {"port": "return", "bundle": regmap.CONTROL_BUNDLE}
+    assert set(axil) == set(regmap.BY_NAME)
+    for a in regmap.ARGS:
+        assert int(axil[a.name]["offset"], 16) == a.offset, a.name
+        assert axil[a.name]["bundle"] == regmap.CONTROL_BUNDLE
+
+
+def test_preprocessor_expands_the_offset_pragmas() -> None:
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    done = subprocess.run([*compiler, "-std=c++17", "-E", f"-I{HLS_DIR}", str(KERNEL)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    expanded = re.findall(r"^#pragma HLS (INTERFACE s_axilite .+)$", done.stdout, re.M)
+    assert [parse_pragma(p) for p in expanded] == [
+        p for p in kernel_pragmas(KERNEL.read_text()) if p[0] == "INTERFACE s_axilite"
+    ]
+
+
+def test_axi_masters_follow_the_register_map() -> None:
+    maxi = interface("m_axi")
+    assert {port: kv["bundle"] for port, kv in maxi.items()} == regmap.M_AXI_BUNDLES
+    depth = header_constant("COSIM_DEPTH")
+    largest = max(case.n for case in golden.cases())
+    assert depth >= largest and depth % DEFAULT.block == 0
+    for port, kv in maxi.items():
+        assert kv["offset"] == "slave", port
+        assert int(kv["depth"]) == (depth // DEFAULT.block if port == "ex" else depth), port
+        for key in ("max_read_burst_length", "max_write_burst_length", "num_read_outstanding", "latency"):
+            assert int(kv[key]) > 0, (port, key)
+
+
+def test_dataflow_pipelines_and_streams() -> None:
+    source = KERNEL.read_text()
+    pragmas = kernel_pragmas(source)
+    heads = [head for head, _ in pragmas]
+    assert heads.count("DATAFLOW") == 1
+    assert [kv for head, kv in pragmas if head == "PIPELINE"] == [{"II": "1"}] * 3
+    for loop in ("load_elems", "compute_elems", "store_elems"):
+        assert re.search(rf"^{loop}:\n\s+for .*\n#pragma HLS PIPELINE II=1$", source, re.M), loop
+    streams = {kv["variable"]: int(kv["depth"]) for head, kv in pragmas if head == "STREAM"}
+    assert streams["moments"] >= 2 * DEFAULT.block, "store waits for a whole block: compute runs a block ahead"
+    body = source[source.index("#pragma HLS DATAFLOW") :]
+    assert re.findall(r"^  (\w+)\(", body, re.M) == ["load", "compute", "store"]
+
+
+def test_kernel_constants_are_the_spec() -> None:
+    f = DEFAULT
+    assert header_constant("BLOCK") == f.block
+    assert header_constant("G_MAG") == f.g_bits - 1
+    assert header_constant("M_MAG") == f.m_bits - 1
+    assert header_constant("S_BITS") == f.s_bits
+    assert header_constant("EPS_BITS") == formats.EPS_BITS
+    assert header_constant("WORK_FRAC") == formats.WORK_FRAC
+    assert header_constant("EXTRA_FRAC") == formats.EXTRA_FRAC
+    assert header_constant("COEF_FRAC") == formats.COEF_FRAC
+    assert header_constant("RATIO_FRAC") == formats.RATIO_FRAC
+    assert header_constant("EXP_ZERO") == formats.EXP_ZERO
+    assert re.search(rf"INDEX_MUL = 0x{lfsr.INDEX_MUL:08X}u;", HEADER.read_text())
+    n_scalars = re.search(r"constexpr int N_SCALARS = (\d+);", TESTBENCH.read_text()).group(1)
+    assert int(n_scalars) == len(regmap.SCALARS)
