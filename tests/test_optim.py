@@ -129,7 +129,9 @@ def test_hooks_and_zero_grad() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def golden_run(model: torch.nn.Module, data, lr: float, stochastic: bool = False) -> list[np.ndarray]:
+def golden_run(
+    model: torch.nn.Module, data, lr: float, stochastic: bool = False, weight_decay: float = 0.0, maximize: bool = False
+) -> list[np.ndarray]:
     """The golden model driven by hand: what HetAdam(numerics='fixed') must equal."""
     params = list(model.parameters())
     states = [FixedState.zeros(p.numel()) for p in params]
@@ -141,19 +143,31 @@ def golden_run(model: torch.nn.Module, data, lr: float, stochastic: bool = False
         torch.nn.functional.cross_entropy(model(x), y).backward()
         sc = encode_step(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, step=t, stochastic=stochastic, seed=17)
         for i, (st, p) in enumerate(zip(states, params, strict=True)):
-            G, eg, _ = quantize_grad(p.grad.numpy().reshape(-1))
+            g = p.grad.numpy().reshape(-1) * (-1 if maximize else 1)
+            g = g + np.float32(weight_decay) * params_from_fixed(st.P).astype(np.float32)
+            G, eg, _ = quantize_grad(g)
             states[i], _ = adam_step(st, G, eg, sc, int(offsets[i]))
             with torch.no_grad():
                 p.copy_(torch.from_numpy(params_from_fixed(states[i].P).astype(np.float32)).reshape(p.shape))
     return [st.P for st in states]
 
 
-@pytest.mark.parametrize("stochastic", [False, True])
-def test_fixed_follows_the_golden_model_bit_for_bit(stochastic: bool) -> None:
+@pytest.mark.parametrize(
+    ("stochastic", "weight_decay", "maximize"), [(False, 0.0, False), (True, 0.0, False), (False, 0.1, True)]
+)
+def test_fixed_follows_the_golden_model_bit_for_bit(stochastic: bool, weight_decay: float, maximize: bool) -> None:
     data = batches(12)
     ref, ours = make_model(), make_model()
-    expected = golden_run(ref, data, 1e-2, stochastic)
-    opt = HetAdam(ours.parameters(), lr=1e-2, numerics="fixed", stochastic_rounding=stochastic, seed=17)
+    expected = golden_run(ref, data, 1e-2, stochastic, weight_decay, maximize)
+    opt = HetAdam(
+        ours.parameters(),
+        lr=1e-2,
+        numerics="fixed",
+        stochastic_rounding=stochastic,
+        seed=17,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
     train(ours, opt, data)
     fixed = opt.state_dict()["state"]
     for i, P in enumerate(expected):

@@ -24,7 +24,8 @@ import torch
 
 from ..numerics import FixedFormat, FixedState, adam_step
 from ..numerics.convert import params_from_fixed, params_to_fixed, state_from_float, state_to_float
-from ..numerics.fast import quantize_grad_fast
+from ..numerics.fast import params_to_float_into, quantize_grad_into
+from ..numerics.formats import EXP_ZERO
 from ..numerics.scalars import StepScalars, encode_step
 
 
@@ -148,11 +149,11 @@ class FixedKernel(ABC):
         """Release resources."""
 
 
-def prepare_fixed_grad(grad: np.ndarray, params: np.ndarray, hyper: StepHyper) -> np.ndarray:
+def prepare_fixed_grad(grad: np.ndarray, params: np.ndarray | None, hyper: StepHyper) -> np.ndarray:
     """Apply `maximize` and coupled (Adam, not AdamW) weight decay on the host, in
     float32 as torch does, before the gradient is quantised."""
     g = -grad if hyper.maximize else grad
-    if hyper.weight_decay and not hyper.decoupled_weight_decay:
+    if params is not None and hyper.weight_decay and not hyper.decoupled_weight_decay:
         g = g + np.float32(hyper.weight_decay) * params
     return g
 
@@ -170,6 +171,8 @@ class FixedShard(Shard):
         self.kernel = kernel
         self.fmt = fmt
         self._segments: list[Segment] = []
+        self._G: np.ndarray | None = None
+        self._eg: np.ndarray | None = None
         self.kernel.upload(FixedState.zeros(n, fmt))
 
     def scalars(self, hyper: StepHyper) -> StepScalars:
@@ -189,12 +192,21 @@ class FixedShard(Shard):
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
         self._segments = segments
         sc = self.scalars(hyper)
-        grad = np.zeros(self.n, np.float32)
+        if self._G is None:
+            self._G = np.zeros(self.n, np.int16)  # padding between parameters stays 0
+            self._eg = np.full(-(-self.n // self.fmt.block), EXP_ZERO, np.int8)
+        G, eg = self._G, self._eg
+        coupled = hyper.weight_decay and not hyper.decoupled_weight_decay
+        P = self.kernel.params() if coupled else None
         for seg in segments:
-            if seg.grad is not None:
-                grad[seg.offset : seg.offset + seg.grad.numel()] = seg.grad.numpy()
-        g = prepare_fixed_grad(grad, self.params(), hyper)
-        G, eg = quantize_grad_fast(g, self.fmt)
+            if seg.grad is None:
+                G[seg.offset : seg.offset + seg.param.numel()] = 0
+                continue
+            g = seg.grad.numpy()
+            if hyper.maximize or coupled:
+                p = None if P is None else params_from_fixed(P[seg.offset : seg.offset + g.size], self.fmt)
+                g = prepare_fixed_grad(g, None if p is None else p.astype(np.float32), hyper)
+            quantize_grad_into(g, G, eg, seg.offset, self.fmt)
         if all(seg.grad is not None and seg.step in (None, hyper.step) for seg in segments):
             return self.kernel.run(G, eg, sc, self.start)
         return self._partial_step(segments, G, eg, hyper)
@@ -223,17 +235,13 @@ class FixedShard(Shard):
 
     def commit(self) -> None:
         self.kernel.commit()
-        P = params_from_fixed(self.kernel.params(), self.fmt)
+        P = self.kernel.params()
         for seg in self._segments:
             if seg.grad is not None:
-                n = seg.param.numel()
-                seg.param.copy_(torch.from_numpy(P[seg.offset : seg.offset + n].astype(np.float32)))
+                params_to_float_into(P[seg.offset : seg.offset + seg.param.numel()], seg.param.numpy(), self.fmt)
 
     def discard(self) -> None:
         self.kernel.discard()
-
-    def params(self) -> np.ndarray:
-        return params_from_fixed(self.kernel.params(), self.fmt).astype(np.float32)
 
     def _format_tag(self) -> np.ndarray:
         f = self.fmt

@@ -193,10 +193,12 @@ def adam_step_into(
 
 
 @numba.njit(parallel=True, cache=True)
-def _quantize_kernel(x, block, mag, G, eg):
+def _quantize_kernel(x, block, mag, G, eg, offset):
+    """Quantise x into G[offset:] and eg[offset // block:] (offset block-aligned)."""
     n = x.size
     nb = (n + block - 1) // block
     limit = (1 << mag) - 1
+    b0 = offset // block
     for b in numba.prange(nb):
         lo = b * block
         hi = min(lo + block, n)
@@ -204,21 +206,38 @@ def _quantize_kernel(x, block, mag, G, eg):
         for i in range(lo, hi):
             peak = max(peak, abs(np.float64(x[i])))
         if peak == 0.0:
-            eg[b] = EXP_ZERO
+            eg[b0 + b] = EXP_ZERO
             for i in range(lo, hi):
-                G[i] = 0
+                G[offset + i] = 0
             continue
         e = min(max(math.frexp(peak)[1], EXP_MIN), EXP_MAX)
-        eg[b] = e
+        eg[b0 + b] = e
         scale = math.ldexp(1.0, mag - e)
         for i in range(lo, hi):
             q = np.rint(np.float64(x[i]) * scale)
-            G[i] = min(max(q, -limit), limit)
+            G[offset + i] = min(max(q, -limit), limit)
+
+
+def quantize_grad_into(g: np.ndarray, G: np.ndarray, eg: np.ndarray, offset: int, fmt: FixedFormat = DEFAULT) -> None:
+    """convert.quantize_grad of g, compiled, written into G and eg at `offset`
+    (a multiple of the block size)."""
+    _quantize_kernel(np.ascontiguousarray(g).reshape(-1), fmt.block, fmt.g_bits - 1, G, eg, offset)
 
 
 def quantize_grad_fast(g: np.ndarray, fmt: FixedFormat = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
     """convert.quantize_grad without the saturation count, compiled: (G int16, eg int8)."""
     G = np.empty(g.size, np.int16)
     eg = np.empty(n_blocks(g.size, fmt.block), np.int8)
-    _quantize_kernel(np.ascontiguousarray(g).reshape(-1), fmt.block, fmt.g_bits - 1, G, eg)
+    quantize_grad_into(g, G, eg, 0, fmt)
     return G, eg
+
+
+@numba.njit(parallel=True, cache=True)
+def _to_float_kernel(P, out, scale):
+    for i in numba.prange(P.size):
+        out[i] = np.float32(np.float64(P[i]) * scale)
+
+
+def params_to_float_into(P: np.ndarray, out: np.ndarray, fmt: FixedFormat = DEFAULT) -> None:
+    """convert.params_from_fixed rounded to float32, compiled, into `out`."""
+    _to_float_kernel(P, out, 2.0**-fmt.p_frac)
