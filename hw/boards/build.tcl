@@ -57,7 +57,7 @@ switch -- $kernel {
         set kernel_vlnv hetadam.org:hls:$hetadam_top:1.0
     }
     rtl {
-        set ip_repo [file join $work rtl_ip]
+        set ip_repo [file join $out rtl_ip]
         hetadam_package_rtl $root $part $ip_repo $hetadam_bundles
         set kernel_vlnv hetadam.org:rtl:$hetadam_top:1.0
     }
