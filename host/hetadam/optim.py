@@ -25,7 +25,7 @@ from . import backends
 from .backends.base import Backend, BackendError, Shard, StepHyper
 from .layout import GroupLayout
 from .numerics import DEFAULT, FixedFormat, encode_step
-from .runtime import Partition, plan_partition
+from .runtime import Partition, ShardStats, needs_rebalance, plan_partition, rebalance
 
 NUMERICS = ("fp32", "fixed")
 FIXED_STATE_KEY = "fixed"
@@ -54,6 +54,8 @@ class HetAdam(torch.optim.Optimizer):
             the spec's LFSR (seeded by `seed`) instead of to nearest even.
         step_timeout: seconds a backend may take for one step before the step
             fails (None: no limit).
+        rebalance_every: with several backends, re-size their shares from the
+            measured step timings every this many steps (0: never).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class HetAdam(torch.optim.Optimizer):
         stochastic_rounding: bool = False,
         seed: int = 0,
         step_timeout: float | None = None,
+        rebalance_every: int = 16,
     ) -> None:
         _check_hyper(lr, betas, eps, weight_decay)
         if numerics not in NUMERICS:
@@ -84,6 +87,8 @@ class HetAdam(torch.optim.Optimizer):
         self.stochastic_rounding = stochastic_rounding
         self.seed = seed
         self.step_timeout = step_timeout
+        self.rebalance_every = rebalance_every
+        self._steps_taken = 0
         self.backend_names = _backend_names(backend, numerics)
         self.backends: dict[str, Backend] = {}
         for name in self.backend_names:
@@ -163,7 +168,26 @@ class HetAdam(torch.optim.Optimizer):
                 if p.grad is not None:
                     self.state[p]["step"] = torch.tensor(float(self._param_step(p) + 1))
         self.saturated = saturated
+        self._steps_taken += 1
+        if self.rebalance_every and self._steps_taken % self.rebalance_every == 0:
+            self._rebalance()
         return loss
+
+    @property
+    def step_stats(self) -> list[ShardStats]:
+        """Per shard of the last step: backend, elements, seconds, bytes on the wire."""
+        return [s for partition in self._partitions for s in partition.stats]
+
+    def _rebalance(self) -> None:
+        """Re-size multi-backend shares to the throughput the steps measured."""
+        for i, (group, partition) in enumerate(zip(self.param_groups, self._partitions, strict=True)):
+            weights = partition.measured_weights()
+            if weights is None or not needs_rebalance(partition, weights, self.fixed_format.block):
+                continue
+            params_flat = _flat_params(group["params"], partition.layout)
+            self._partitions[i] = rebalance(
+                partition, params_flat, self.backends, self.numerics, self.fixed_format, weights
+            )
 
     def _param_step(self, p: torch.Tensor) -> int:
         step = self.state.get(p, {}).get("step")

@@ -85,6 +85,8 @@ class Shard(ABC):
         self.start = start
         self.n = n
         self.transactional = False
+        self.wire_bytes = 0
+        """Bytes moved between host and backend by the last step."""
 
     @abstractmethod
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
@@ -118,6 +120,9 @@ class Shard(ABC):
 
 class FixedKernel(ABC):
     """A `fixed` kernel with resident state: what a fixed backend implements."""
+
+    host_resident = False
+    """True when the state lives in host memory (nothing crosses a wire)."""
 
     @abstractmethod
     def upload(self, state: FixedState) -> None:
@@ -207,6 +212,9 @@ class FixedShard(Shard):
                 p = None if P is None else params_from_fixed(P[seg.offset : seg.offset + g.size], self.fmt)
                 g = prepare_fixed_grad(g, None if p is None else p.astype(np.float32), hyper)
             quantize_grad_into(g, G, eg, seg.offset, self.fmt)
+        # On the wire: the 16-bit gradient mantissas and their block exponents in,
+        # the 32-bit parameters out.
+        self.wire_bytes = 0 if self.kernel.host_resident else G.nbytes + eg.nbytes + 4 * self.n
         if all(seg.grad is not None and seg.step in (None, hyper.step) for seg in segments):
             return self.kernel.run(G, eg, sc, self.start)
         return self._partial_step(segments, G, eg, hyper)

@@ -16,6 +16,8 @@ from .base import Availability, Backend, FixedKernel, FixedShard, Segment, Shard
 class CpuFixedKernel(FixedKernel):
     """Double-buffered: `run` writes the pending buffers, `commit` swaps."""
 
+    host_resident = True
+
     def __init__(self, n: int, fmt: FixedFormat) -> None:
         self.fmt = fmt
         self.state = FixedState.zeros(n, fmt)
