@@ -21,7 +21,7 @@ module adam_axi_rd #(
     output      logic [7:0]          m_axi_arlen,
     output      logic [2:0]          m_axi_arsize,
     output      logic [1:0]          m_axi_arburst,
-    output      logic [1:0]          m_axi_arlock,
+    output      logic [0:0]          m_axi_arlock,
     output      logic [3:0]          m_axi_arcache,
     output      logic [2:0]          m_axi_arprot,
     output      logic [3:0]          m_axi_arqos,

@@ -28,7 +28,7 @@ module adam_axi_wr #(
     output      logic [7:0]          m_axi_awlen,
     output      logic [2:0]          m_axi_awsize,
     output      logic [1:0]          m_axi_awburst,
-    output      logic [1:0]          m_axi_awlock,
+    output      logic [0:0]          m_axi_awlock,
     output      logic [3:0]          m_axi_awcache,
     output      logic [2:0]          m_axi_awprot,
     output      logic [3:0]          m_axi_awqos,

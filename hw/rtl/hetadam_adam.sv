@@ -39,7 +39,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_p_AWLEN,
     output      logic [2:0]          m_axi_gmem_p_AWSIZE,
     output      logic [1:0]          m_axi_gmem_p_AWBURST,
-    output      logic [1:0]          m_axi_gmem_p_AWLOCK,
+    output      logic [0:0]          m_axi_gmem_p_AWLOCK,
     output      logic [3:0]          m_axi_gmem_p_AWCACHE,
     output      logic [2:0]          m_axi_gmem_p_AWPROT,
     output      logic [3:0]          m_axi_gmem_p_AWQOS,
@@ -60,7 +60,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_p_ARLEN,
     output      logic [2:0]          m_axi_gmem_p_ARSIZE,
     output      logic [1:0]          m_axi_gmem_p_ARBURST,
-    output      logic [1:0]          m_axi_gmem_p_ARLOCK,
+    output      logic [0:0]          m_axi_gmem_p_ARLOCK,
     output      logic [3:0]          m_axi_gmem_p_ARCACHE,
     output      logic [2:0]          m_axi_gmem_p_ARPROT,
     output      logic [3:0]          m_axi_gmem_p_ARQOS,
@@ -79,7 +79,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_g_AWLEN,
     output      logic [2:0]          m_axi_gmem_g_AWSIZE,
     output      logic [1:0]          m_axi_gmem_g_AWBURST,
-    output      logic [1:0]          m_axi_gmem_g_AWLOCK,
+    output      logic [0:0]          m_axi_gmem_g_AWLOCK,
     output      logic [3:0]          m_axi_gmem_g_AWCACHE,
     output      logic [2:0]          m_axi_gmem_g_AWPROT,
     output      logic [3:0]          m_axi_gmem_g_AWQOS,
@@ -100,7 +100,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_g_ARLEN,
     output      logic [2:0]          m_axi_gmem_g_ARSIZE,
     output      logic [1:0]          m_axi_gmem_g_ARBURST,
-    output      logic [1:0]          m_axi_gmem_g_ARLOCK,
+    output      logic [0:0]          m_axi_gmem_g_ARLOCK,
     output      logic [3:0]          m_axi_gmem_g_ARCACHE,
     output      logic [2:0]          m_axi_gmem_g_ARPROT,
     output      logic [3:0]          m_axi_gmem_g_ARQOS,
@@ -119,7 +119,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_ms_AWLEN,
     output      logic [2:0]          m_axi_gmem_ms_AWSIZE,
     output      logic [1:0]          m_axi_gmem_ms_AWBURST,
-    output      logic [1:0]          m_axi_gmem_ms_AWLOCK,
+    output      logic [0:0]          m_axi_gmem_ms_AWLOCK,
     output      logic [3:0]          m_axi_gmem_ms_AWCACHE,
     output      logic [2:0]          m_axi_gmem_ms_AWPROT,
     output      logic [3:0]          m_axi_gmem_ms_AWQOS,
@@ -140,7 +140,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_ms_ARLEN,
     output      logic [2:0]          m_axi_gmem_ms_ARSIZE,
     output      logic [1:0]          m_axi_gmem_ms_ARBURST,
-    output      logic [1:0]          m_axi_gmem_ms_ARLOCK,
+    output      logic [0:0]          m_axi_gmem_ms_ARLOCK,
     output      logic [3:0]          m_axi_gmem_ms_ARCACHE,
     output      logic [2:0]          m_axi_gmem_ms_ARPROT,
     output      logic [3:0]          m_axi_gmem_ms_ARQOS,
@@ -159,7 +159,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_ex_AWLEN,
     output      logic [2:0]          m_axi_gmem_ex_AWSIZE,
     output      logic [1:0]          m_axi_gmem_ex_AWBURST,
-    output      logic [1:0]          m_axi_gmem_ex_AWLOCK,
+    output      logic [0:0]          m_axi_gmem_ex_AWLOCK,
     output      logic [3:0]          m_axi_gmem_ex_AWCACHE,
     output      logic [2:0]          m_axi_gmem_ex_AWPROT,
     output      logic [3:0]          m_axi_gmem_ex_AWQOS,
@@ -180,7 +180,7 @@ module hetadam_adam #(
     output      logic [7:0]          m_axi_gmem_ex_ARLEN,
     output      logic [2:0]          m_axi_gmem_ex_ARSIZE,
     output      logic [1:0]          m_axi_gmem_ex_ARBURST,
-    output      logic [1:0]          m_axi_gmem_ex_ARLOCK,
+    output      logic [0:0]          m_axi_gmem_ex_ARLOCK,
     output      logic [3:0]          m_axi_gmem_ex_ARCACHE,
     output      logic [2:0]          m_axi_gmem_ex_ARPROT,
     output      logic [3:0]          m_axi_gmem_ex_ARQOS,
@@ -197,6 +197,8 @@ module hetadam_adam #(
 
   localparam int OUT_DEPTH_LOG2 = 8;
   localparam int EX_DEPTH_LOG2 = 5;
+  // a writer needs a whole burst in its FIFO before the address goes out
+  localparam int EX_BURST_LOG2 = (BURST_LOG2 < EX_DEPTH_LOG2 - 1) ? BURST_LOG2 : EX_DEPTH_LOG2 - 1;
   localparam int LANE_LOG2 = $clog2(LANES);
 
   wire logic rst = !ap_rst_n;
@@ -470,7 +472,7 @@ module hetadam_adam #(
       .m_axi_rready(m_axi_gmem_ex_RREADY),
       .out_data(ex_rd_data), .out_valid(ex_rd_valid), .out_ready(ex_rd_ready));
 
-  adam_axi_wr #(.DATA_W(32), .BURST_LOG2(BURST_LOG2), .CNT_W(EX_DEPTH_LOG2 + 1)) u_wr_ex (
+  adam_axi_wr #(.DATA_W(32), .BURST_LOG2(EX_BURST_LOG2), .CNT_W(EX_DEPTH_LOG2 + 1)) u_wr_ex (
       .clk(ap_clk), .rst(rst), .start(go), .base(r_ex), .beats(nblk),
       .last_strb('1), .busy(ex_wr_busy),
       .in_data(ex_wr_data), .in_valid(ex_wr_valid), .in_ready(ex_wr_ready), .in_count(ex_wr_count),
