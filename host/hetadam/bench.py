@@ -119,6 +119,73 @@ def run_bench(
     return rows
 
 
+def run_split_bench(
+    size: int,
+    names: Sequence[str] = ("cpu", "opencl"),
+    fractions: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+    numerics: str = "fixed",
+    repeat: int = 5,
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    """Two backends alone, split by measured throughput, and split at fixed
+    fractions (the share of the second), all against torch fused in one run."""
+    fused, _ = torch_peers(size, repeat)
+    out: dict[str, object] = {"size": size, "backends": list(names), "numerics": numerics, "fused_seconds": fused}
+    alone = {}
+    for name in names:
+        alone[name] = time_steps(lambda p, b=name: HetAdam(p, lr=1e-3, backend=b, numerics=numerics), size, repeat)
+        log(f"{name:>8} alone: {size / alone[name] / 1e9:.3f} Gparam/s ({fused / alone[name]:.2f}x fused)")
+    out["alone_seconds"] = alone
+    stats: list[dict[str, object]] = []
+
+    def split_opt(p: list[torch.nn.Parameter], weights: Sequence[float] | None) -> HetAdam:
+        rebalance = 3 if weights is None else 0
+        opt = HetAdam(p, lr=1e-3, backend=list(names), numerics=numerics, split=weights, rebalance_every=rebalance)
+        stats.append({"opt": opt})
+        return opt
+
+    auto = time_steps(lambda p: split_opt(p, None), size, max(repeat, 8))
+    out["auto_seconds"] = auto
+    out["auto_shares"] = [
+        {"backend": s.backend, "elements": s.elements, "bytes_per_param": s.bytes_per_param}
+        for s in stats[-1]["opt"].step_stats  # type: ignore[union-attr]
+    ]
+    log(f"   split (measured shares): {size / auto / 1e9:.3f} Gparam/s ({fused / auto:.2f}x fused)")
+    sweep = []
+    for f in fractions:
+        if f in (0.0, 1.0):
+            seconds = alone[names[1] if f else names[0]]
+        else:
+            seconds = time_steps(lambda p, f=f: split_opt(p, [1 - f, f]), size, repeat)
+        sweep.append({"fraction": f, "seconds": seconds, "gparams_per_s": size / seconds / 1e9})
+        log(f"   {100 * f:5.1f}% on {names[1]}: {size / seconds / 1e9:.3f} Gparam/s")
+    out["sweep"] = sweep
+    return out
+
+
+def plot_split(result: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = result["sweep"]
+    names = result["backends"]
+    size = result["size"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([100 * s["fraction"] for s in sweep], [s["gparams_per_s"] for s in sweep], "o-", label="fixed split")
+    ax.axhline(size / result["auto_seconds"] / 1e9, color="tab:green", linestyle="--", label="measured shares")
+    ax.axhline(size / result["fused_seconds"] / 1e9, color="gray", linestyle=":", label="torch Adam fused")
+    ax.set_xlabel(f"share of the step on {names[1]} (%), the rest on {names[0]}")
+    ax.set_ylabel("Gparam/s")
+    ax.set_title(f"{result['numerics']} Adam step, {size:,} parameters")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def table(rows: Sequence[BenchRow]) -> str:
     lines = [
         "| optimizer | parameters | Gparam/s | vs torch fused | vs torch foreach |",

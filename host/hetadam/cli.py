@@ -29,12 +29,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     names = args.backends.split(",") if args.backends else None
+    if args.split:
+        return bench_split(args, sizes[-1])
     rows = run_bench(sizes, names, repeat=args.repeat)
     print()
     print(table(rows))
     if args.json:
         write_json(rows, Path(args.json))
         print(f"\nwrote {args.json}")
+    return 0
+
+
+def bench_split(args: argparse.Namespace, size: int) -> int:
+    from .bench import plot_split, run_split_bench
+
+    names = args.split.split(",")
+    usable = [n for n in names if backends.availability(n).usable]
+    if len(usable) < 2:
+        print(f"hetadam bench --split needs two usable backends; usable here: {', '.join(usable) or 'none'}")
+        return 2
+    result = run_split_bench(size, usable[:2], numerics=args.numerics, repeat=args.repeat)
+    if args.json:
+        dump(result, args.json)
+        plot_split(result, Path(args.json).with_suffix(".png"))
+        print(f"wrote {args.json} and {Path(args.json).with_suffix('.png')}")
     return 0
 
 
@@ -56,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", default="", help="comma-separated backends (default: every usable one)")
     bench.add_argument("--repeat", type=int, default=5, help="timed steps per measurement (median)")
     bench.add_argument("--json", default="", help="also write the rows to this JSON file")
+    bench.add_argument("--split", default="", help="two backends, e.g. cpu,opencl: bench one step split across them")
+    bench.add_argument("--numerics", default="fixed", choices=("fp32", "fixed"), help="numerics of --split")
     bench.set_defaults(func=cmd_bench)
 
     train = sub.add_parser("train", help="train a model on scikit-learn's digits with HetAdam")

@@ -54,6 +54,8 @@ class HetAdam(torch.optim.Optimizer):
             the spec's LFSR (seeded by `seed`) instead of to nearest even.
         step_timeout: seconds a backend may take for one step before the step
             fails (None: no limit).
+        split: with several backends, their initial shares (weights in the
+            order of `backend`; default: each backend's throughput on a probe).
         rebalance_every: with several backends, re-size their shares from the
             measured step timings every this many steps (0: never).
     """
@@ -75,6 +77,7 @@ class HetAdam(torch.optim.Optimizer):
         stochastic_rounding: bool = False,
         seed: int = 0,
         step_timeout: float | None = None,
+        split: Sequence[float] | None = None,
         rebalance_every: int = 16,
     ) -> None:
         _check_hyper(lr, betas, eps, weight_decay)
@@ -90,6 +93,9 @@ class HetAdam(torch.optim.Optimizer):
         self.rebalance_every = rebalance_every
         self._steps_taken = 0
         self.backend_names = _backend_names(backend, numerics)
+        if split is not None and len(split) != len(self.backend_names):
+            raise ValueError(f"split gives {len(split)} weights for {len(self.backend_names)} backends")
+        self.split = split
         self.backends: dict[str, Backend] = {}
         for name in self.backend_names:
             cls = backends.backend_class(name)
@@ -123,7 +129,7 @@ class HetAdam(torch.optim.Optimizer):
         for p in group["params"]:
             _check_param(p)
         layout = GroupLayout.of(group["params"], self.fixed_format.block)
-        partition = plan_partition(layout.size, self.backends, self.numerics, self.fixed_format)
+        partition = plan_partition(layout.size, self.backends, self.numerics, self.fixed_format, self.split)
         partition.layout = layout
         self._partitions.append(partition)
         params_flat = _flat_params(group["params"], layout)
