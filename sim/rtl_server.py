@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 
 import cocotb
 from cocotb.clock import Clock
@@ -28,6 +29,7 @@ from hetadam.driver import sim as wire
 
 CLOCK_NS = 4
 IRQ_POLL_CYCLES = 64
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # cocotbext-axi's, on every access
 MEMORY_SIZE = 1 << 48
 """The address space the four masters share (a 64-bit size would overflow len())."""
 

@@ -30,7 +30,7 @@ def test_unusable_off_board_with_reason_and_remedy() -> None:
 def test_ip_driver_bound_to_hls_and_rtl_vlnv() -> None:
     from pynq.overlay import _ip_drivers
 
-    for vlnv in ("xilinx.com:hls:hetadam_adam:1.0", "hetadam.org:hetadam:hetadam_adam:1.0"):
+    for vlnv in ("hetadam.org:hls:hetadam_adam:1.0", "hetadam.org:rtl:hetadam_adam:1.0"):
         assert _ip_drivers[vlnv] is driver_pynq.HetAdamIP
 
 

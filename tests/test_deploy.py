@@ -1,0 +1,233 @@
+"""Deployment to a board (scripts/deploy_pynq.py + scripts/board_smoke.py), end to
+end against this machine: into a local folder, and over SSH to an sshd on
+loopback started for the test. The overlay is dummy bytes and the smoke test
+runs dry (`--transport fake`: the golden-model double instead of a board)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SSHD = Path("/usr/sbin/sshd")
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+deploy = load_script("deploy_pynq")
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("overlay")
+    (d / "hetadam.bit").write_bytes(bytes(range(256)) * 64)
+    (d / "hetadam.hwh").write_text("<?xml version='1.0'?><EDKSYSTEM/>\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return deploy.build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def flip_byte(path: Path, at: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(data)
+
+
+def test_package_lists_every_file_with_its_hash(overlay: Path, wheel: Path, tmp_path: Path) -> None:
+    pkg = deploy.package("kv260", overlay, tmp_path, wheel)
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    assert manifest["board"] == "kv260" and manifest["wheel"] == wheel.name
+    assert sorted(manifest["files"]) == sorted(
+        ["board_smoke.py", wheel.name, "overlay/hetadam.bit", "overlay/hetadam.hwh"]
+    )
+    for rel, digest in manifest["files"].items():
+        assert deploy.sha256(pkg / rel) == digest
+
+
+def test_package_needs_the_overlay(tmp_path: Path, wheel: Path) -> None:
+    with pytest.raises(deploy.DeployError, match="make bitstream BOARD=zcu104"):
+        deploy.package("zcu104", tmp_path, tmp_path / "out", wheel)
+
+
+def run_deploy(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict, str]:
+    rc = deploy.main(list(args))
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    return rc, json.loads(lines[-1]) if lines else {}, err
+
+
+def test_local_target_dry_run_builds_the_wheel_and_checks_the_backend(
+    overlay: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    target = tmp_path / "board"
+    rc, report, err = run_deploy(
+        capsys, "--board", "pynq-z2", "--overlay-dir", str(overlay), "--out", str(tmp_path / "out"),
+        "--target", str(target), "--transport", "fake",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert report["ok"] and report["board"] == "pynq-z2" and report["transport"] == "fake"
+    assert report["driver"]["mismatches"] == [] and report["driver"]["runs"] == 4 * 3
+    assert report["backend"]["mismatches"] == []
+    assert Path(report["hetadam"]).is_relative_to(target / "site"), "the smoke test must use the shipped wheel"
+    assert (target / "overlay" / "hetadam.bit").read_bytes() == (overlay / "hetadam.bit").read_bytes()
+    assert "smoke test at" in err and "passed" in err
+
+
+@pytest.mark.parametrize("damage", ["flip", "remove"])
+def test_corrupted_package_is_refused(
+    overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str
+) -> None:
+    out = tmp_path / "out"
+    assert deploy.main(["--board", "pynq-z2", "--overlay-dir", str(overlay), "--out", str(out), "--wheel", str(wheel),
+                        "--package-only"]) == 0  # fmt: skip
+    pkg = out / "pynq-z2" / "hetadam-pynq-z2"
+    if damage == "flip":
+        flip_byte(pkg / "overlay" / "hetadam.bit")
+    else:
+        (pkg / "overlay" / "hetadam.hwh").unlink()
+    capsys.readouterr()
+    rc, report, _ = run_deploy(
+        capsys, "--board", "pynq-z2", "--from-package", str(pkg), "--target", str(tmp_path / "board"),
+        "--transport", "fake",
+    )  # fmt: skip
+    assert rc == 3
+    assert not report["ok"]
+    expect = "overlay/hetadam.bit does not match" if damage == "flip" else "overlay/hetadam.hwh is missing"
+    assert expect in report["refused"]
+    assert not (tmp_path / "board" / "site").exists(), "nothing may be unpacked from a refused package"
+
+
+def test_smoke_refuses_a_tampered_manifest(overlay: Path, wheel: Path, tmp_path: Path) -> None:
+    pkg = deploy.package("pynq-z2", overlay, tmp_path, wheel)
+    flip_byte(pkg / "manifest.json", at=20)
+    done = subprocess.run(
+        [sys.executable, str(pkg / "board_smoke.py"), "--transport", "fake"], capture_output=True, text=True
+    )
+    assert done.returncode == 3
+    assert "package refused" in json.loads(done.stdout)["refused"]
+
+
+# -- over SSH -------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """An sshd on 127.0.0.1 with a throwaway host key, accepting a throwaway client key."""
+    if not SSHD.exists() or shutil.which("ssh-keygen") is None:
+        pytest.skip("openssh-server is not installed (apt-get install openssh-server): no sshd to deploy to")
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    port = free_port()
+    helpers = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
+    sftp = next((p for p in helpers if Path(p).exists()), None)
+    if sftp is None:
+        pytest.skip("openssh-server has no sftp-server here (scp needs it)")
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        f"KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+        f"Subsystem sftp {sftp}\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            pytest.skip(f"sshd did not start here: {proc.stderr.read().strip()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.skip("sshd did not listen within 10 s")
+            time.sleep(0.1)
+    host_pub = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    try:
+        yield {
+            "args": [
+                "--host", f"{user}@127.0.0.1", "--port", str(port), "--identity", str(d / "client_key"),
+                "--ssh-option", f"UserKnownHostsFile={d / 'known_hosts'}", "--ssh-option", "StrictHostKeyChecking=yes",
+                "--python", sys.executable,
+            ],
+        }  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("copier", ["rsync", "scp"])
+def test_deploy_over_ssh_dry_run(
+    sshd: dict, overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, copier: str,
+) -> None:  # fmt: skip
+    if copier == "rsync" and shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed")
+    if copier == "scp":
+        monkeypatch.setattr(deploy.shutil, "which", lambda name: None if name == "rsync" else shutil.which(name))
+    remote = tmp_path / "remote" / "hetadam"
+    rc, report, err = run_deploy(
+        capsys, *sshd["args"], "--board", "zcu104", "--overlay-dir", str(overlay), "--out", str(tmp_path / "out"),
+        "--wheel", str(wheel), "--remote-dir", str(remote), "--transport", "fake", "--driver-only",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert f"with {copier}" in err
+    assert report["ok"] and report["board"] == "zcu104" and "backend" not in report
+    assert Path(report["hetadam"]).is_relative_to(remote / "site")
+    assert json.loads((remote / "manifest.json").read_text())["board"] == "zcu104"
+
+
+def test_corrupted_package_refused_over_ssh(
+    sshd: dict, overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pkg = deploy.package("kv260", overlay, tmp_path / "out", wheel)
+    flip_byte(pkg / wheel.name, at=1000)
+    remote = tmp_path / "remote"
+    rc, report, err = run_deploy(
+        capsys, *sshd["args"], "--board", "kv260", "--from-package", str(pkg), "--remote-dir", str(remote),
+        "--transport", "fake", "--install",
+    )  # fmt: skip
+    assert rc == 3, err
+    assert f"{wheel.name} does not match" in report["refused"]
+    assert "refused" in err
+    assert not (remote / "site").exists()
+
+
+def test_unreachable_board_is_a_deployment_error(
+    overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rc = deploy.main([
+        "--board", "pynq-z2", "--overlay-dir", str(overlay), "--out", str(tmp_path), "--wheel", str(wheel),
+        "--host", "nobody@127.0.0.1", "--port", str(free_port()), "--ssh-option", "ConnectTimeout=5",
+    ])  # fmt: skip
+    assert rc == 2
+    assert "deploy failed: ssh nobody@127.0.0.1" in capsys.readouterr().err
