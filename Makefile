@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m hetadam train --model mlp --epochs 30
+	$(PY) -m hetadam train --backend all --model mlp --epochs 30 --report build/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
