@@ -17,7 +17,10 @@
  *                      ms uint32 = M | S << 16, ex uint32 = eg | em << 8 | es << 16).
  *
  * Both read the committed state and write the new state into separate
- * buffers, so the host can commit (swap) or discard a step.
+ * buffers, so the host can commit (swap) or discard a step. The fp32 kernel
+ * may also update in place (the *_out arguments the same buffers as *_in:
+ * each element is read before it is written), which saves the memory traffic
+ * of fresh output lines when a step need not be undone.
  *
  * Every kernel is a loop over "units" (VEC floats for fp32, one block of
  * FX_BLOCK elements for fixed) with a grid stride: an NDRange launch with one
@@ -95,11 +98,10 @@ typedef HETADAM_CAT(float, HETADAM_VEC) floatv;
  *   neg_step = -lr / (1 - beta1^t), wd = weight_decay, p_scale = 1 - lr * wd.
  */
 HETADAM_KERNEL void hetadam_adam_fp32(
-    __global const float *restrict p_in, __global const float *restrict g,
-    __global const float *restrict m_in, __global const float *restrict v_in,
-    __global const float *restrict vmax_in, __global float *restrict p_out,
-    __global float *restrict m_out, __global float *restrict v_out,
-    __global float *restrict vmax_out, const uint base, const uint units,
+    __global const float *p_in, __global const float *restrict g,
+    __global const float *m_in, __global const float *v_in,
+    __global const float *vmax_in, __global float *p_out, __global float *m_out,
+    __global float *v_out, __global float *vmax_out, const uint base, const uint units,
     const float lerp_w, const float beta2, const float sq_w, const float bc2_sqrt,
     const float eps, const float neg_step, const float wd, const float p_scale,
     const int flags) {

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,17 @@ from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
 from ..numerics.fast import quantize_grad_fast
 from ..numerics.formats import n_blocks
 from ..numerics.scalars import StepScalars
-from .base import Availability, Backend, BackendError, FixedKernel, FixedShard, Segment, Shard, StepHyper
+from .base import (
+    Availability,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    FixedKernel,
+    FixedShard,
+    Segment,
+    Shard,
+    StepHyper,
+)
 
 try:
     import pyopencl as cl
@@ -135,12 +146,15 @@ class _Staging:
 class _Device:
     """A context on one device, with a compute queue and a transfer queue."""
 
-    def __init__(self, device: cl.Device) -> None:
+    def __init__(self, device: cl.Device, fp64: bool | None = None) -> None:
         self.device = device
         self.context = cl.Context([device])
         self.compute = cl.CommandQueue(self.context)
         self.transfer = cl.CommandQueue(self.context)
-        self.fp64 = "cl_khr_fp64" in device.extensions
+        has_fp64 = "cl_khr_fp64" in device.extensions
+        if fp64 and not has_fp64:
+            raise ValueError(f"OpenCL device {device.name!r} has no cl_khr_fp64")
+        self.fp64 = has_fp64 if fp64 is None else fp64
 
     def buffer(self, nbytes: int, fill: np.ndarray | None = None) -> cl.Buffer:
         buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(nbytes, 4))
@@ -341,7 +355,9 @@ def _gaps(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
 
 class OpenCLFp32Shard(Shard):
     """torch's Adam/AdamW in float32 on the device: parameters, exp_avg,
-    exp_avg_sq (and max_exp_avg_sq) resident, committed and pending."""
+    exp_avg_sq (and max_exp_avg_sq) resident, committed and pending. A step
+    that need not be undone (the shard is not `transactional`) updates the
+    committed buffers in place, as torch does."""
 
     def __init__(self, dev: _Device, start: int, n: int, chunk: int = CHUNK) -> None:
         super().__init__(start, n)
@@ -355,6 +371,7 @@ class OpenCLFp32Shard(Shard):
         self.bufs = {name: [dev.buffer(4 * self.padded, zeros) for _ in range(2)] for name in ("p", *STATE_NAMES[:2])}
         self.cur = 0
         self.has_pending = False
+        self._inplace = False
         self._segments: list[Segment] = []
 
     def _ensure_amsgrad(self) -> None:
@@ -367,7 +384,8 @@ class OpenCLFp32Shard(Shard):
     ) -> cl.Event:
         """Enqueue the kernel over elements [lo, hi) (rounded up to whole vectors)
         of the resident state, g holding just those elements."""
-        src, dst = self.cur, self.cur ^ 1
+        src = self.cur
+        dst = src if self._inplace else src ^ 1
         b = self.bufs
         vmax = b.get("max_exp_avg_sq", b["exp_avg_sq"])
         units = -(-(hi - lo) // VEC)
@@ -384,13 +402,14 @@ class OpenCLFp32Shard(Shard):
             self._ensure_amsgrad()
         sc = Fp32Scalars.of(hyper)
         self._segments = segments
+        self._inplace = not self.transactional
         live: list[tuple[int, int]] = []
         for run in _live_runs(segments):
             lo, hi = run[0].offset, run[-1].offset + run[-1].param.numel()
             live.append((lo, hi))
             for a, b in _chunks(lo, hi, self.chunk):
                 self._chunk(run, a, b, sc)
-        for lo, hi in _gaps(live, self.padded):  # what this step leaves as it is
+        for lo, hi in [] if self._inplace else _gaps(live, self.padded):  # what this step leaves as it is
             for bufs in self.bufs.values():
                 cl.enqueue_copy(self.dev.compute, bufs[self.cur ^ 1], bufs[self.cur], byte_count=4 * (hi - lo),
                                 src_offset=4 * lo, dst_offset=4 * lo)  # fmt: skip
@@ -421,7 +440,8 @@ class OpenCLFp32Shard(Shard):
     def commit(self) -> None:
         if not self.has_pending:
             return
-        self.cur ^= 1
+        if not self._inplace:
+            self.cur ^= 1
         self.has_pending = False
         pieces = [
             (seg, a, b) for seg in self._segments if seg.grad is not None
@@ -472,13 +492,27 @@ class OpenCLFp32Shard(Shard):
 
 
 class OpenCLBackend(Backend):
+    """platform, device: see select_device. chunk: elements per staging chunk.
+    fp64: compute the fixed kernel's square roots and quotients in double
+    precision (None: when the device has cl_khr_fp64; False: integer only, as
+    on an FPGA)."""
+
     name = "opencl"
     numerics = ("fp32", "fixed")
 
-    def __init__(self, platform: str | int | None = None, device: str | int | None = None, chunk: int = CHUNK) -> None:
+    def __init__(
+        self,
+        platform: str | int | None = None,
+        device: str | int | None = None,
+        chunk: int = CHUNK,
+        fp64: bool | None = None,
+    ) -> None:
         if cl is None:
             self.availability().raise_if_unusable(self.name)
-        self.dev = _Device(select_device(platform, device))
+        try:
+            self.dev = _Device(select_device(platform, device), fp64)
+        except LookupError as exc:
+            raise BackendUnavailable(f"backend 'opencl' is not usable here: {exc}") from exc
         self.chunk = chunk
 
     @property
@@ -512,25 +546,32 @@ class OpenCLBackend(Backend):
 # ---- bench ---------------------------------------------------------------------------------------
 
 
-def _rate(fn: Callable[[], object], n: int, seconds: float) -> float:
-    """Gparam/s of fn over n parameters: the best of repeated timings after a warm-up."""
-    fn()
-    best, spent = math.inf, 0.0
-    while spent < seconds or best == math.inf:
-        t0 = time.perf_counter()
+def _best_times(fns: dict[str, Callable[[], object]], seconds: float) -> dict[str, float]:
+    """The best wall time of each function, calling them in turn (after a warm-up)
+    for about `seconds`, so that every one sees the same machine load."""
+    best = dict.fromkeys(fns, math.inf)
+    for fn in fns.values():
         fn()
-        dt = time.perf_counter() - t0
-        best, spent = min(best, dt), spent + dt
-    return n / best / 1e9
+    t_end = time.perf_counter() + seconds
+    rounds = 0
+    while rounds < 3 or time.perf_counter() < t_end:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+        rounds += 1
+    return best
 
 
 def bench_opencl(
-    sizes: tuple[int, ...] = (1 << 20, 1 << 24), seconds: float = 1.0, backend: OpenCLBackend | None = None
+    sizes: tuple[int, ...] = (1 << 20, 1 << 24), seconds: float = 3.0, backend: OpenCLBackend | None = None
 ) -> list[dict[str, object]]:
-    """Gparam/s of the opencl backend against torch.optim.Adam(fused=True) in the
-    same run, for each size and numerics: `resident` times the kernel alone on
-    device-resident buffers (gradient already on the device), `step` a whole
-    shard step and commit (gradients in, parameters out, host conversions)."""
+    """Gparam/s of the opencl backend and of torch.optim.Adam(fused=True), timed
+    in turn in the same run, for each size and numerics. `resident`: the kernel
+    alone on device-resident state, the gradient already on the device. `step`:
+    a whole shard step and commit (gradients in through the staging buffers,
+    parameters out into the torch tensors, and for fixed the host-side gradient
+    quantisation)."""
     be = backend or OpenCLBackend()
     out: list[dict[str, object]] = []
     hyper = StepHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=10)
@@ -541,38 +582,31 @@ def bench_opencl(
         ref = params.clone().requires_grad_()
         ref.grad = grad.clone()
         opt = torch.optim.Adam([ref], lr=1e-3, fused=True)
-        fused = _rate(opt.step, n, seconds)
+        fns: dict[str, Callable[[], object]] = {"torch": opt.step}
+        shards: list[Shard] = []
         for numerics in ("fp32", "fixed"):
             shard = be.create_shard(0, n, numerics, DEFAULT)
             p = params.clone()
             shard.import_state({}, p.numpy())
-            seg = [Segment(0, p, grad)]
-            if numerics == "fp32":
+            shards.append(shard)
+            if isinstance(shard, OpenCLFp32Shard):
                 g_dev = be.dev.buffer(4 * n, grad.numpy())
-                sc = Fp32Scalars.of(hyper)
-
-                def resident(
-                    shard: OpenCLFp32Shard = shard, g_dev: cl.Buffer = g_dev, sc: Fp32Scalars = sc, n: int = n
-                ) -> None:
-                    shard.launch(g_dev, 0, n, sc).wait()
+                fns["fp32 resident"] = partial(lambda s, g, sc, n: s.launch(g, 0, n, sc).wait(), shard, g_dev,
+                                               Fp32Scalars.of(hyper), n)  # fmt: skip
             else:
-                kernel = shard.kernel
                 G, eg = quantize_grad_fast(grad.numpy())
-                g_dev, eg_dev = be.dev.buffer(2 * n, G), be.dev.buffer(eg.size, eg)
-                sat_dev = be.dev.buffer(4 * eg.size)
-                sc = shard.scalars(hyper)
-
-                def resident(kernel: OpenCLFixedKernel = kernel, bufs: tuple = (g_dev, eg_dev, sat_dev),
-                             sc: StepScalars = sc, nb: int = eg.size) -> None:  # fmt: skip
-                    kernel.launch(*bufs, 0, nb, sc, 0).wait()
-
-            def step(shard: Shard = shard, seg: list[Segment] = seg) -> None:
-                shard.step(seg, hyper)
-                shard.commit()
-
-            for mode, fn in (("resident", resident), ("step", step)):
-                rate = _rate(fn, n, seconds)
-                out.append({"n": n, "numerics": numerics, "mode": mode, "gparam_s": rate, "torch_fused_gparam_s": fused,
-                            "ratio": rate / fused, "device": be.device_name})  # fmt: skip
+                bufs = (be.dev.buffer(2 * n, G), be.dev.buffer(eg.size, eg), be.dev.buffer(4 * eg.size))
+                fns["fixed resident"] = partial(lambda k, b, sc, nb: k.launch(*b, 0, nb, sc, 0).wait(),
+                                                shard.kernel, bufs, shard.scalars(hyper), eg.size)  # fmt: skip
+            fns[f"{numerics} step"] = partial(lambda s, seg: (s.step(seg, hyper), s.commit()), shard,
+                                              [Segment(0, p, grad)])  # fmt: skip
+        best = _best_times(fns, seconds)
+        fused = n / best.pop("torch") / 1e9
+        for name, t in best.items():
+            numerics, mode = name.split()
+            rate = n / t / 1e9
+            out.append({"n": n, "numerics": numerics, "mode": mode, "gparam_s": rate, "torch_fused_gparam_s": fused,
+                        "ratio": rate / fused, "device": be.device_name})  # fmt: skip
+        for shard in shards:
             shard.close()
     return out
