@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -171,3 +173,29 @@ def test_broken_rtl_fails_to_start_with_the_log(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 120
     assert backend.simulator is None
     backend.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@needs_rtl
+def test_simulator_stops_at_interpreter_exit(tmp_path: Path) -> None:
+    script = (
+        "from hetadam.backends.rtl_sim import RtlSimBackend\n"
+        "from hetadam.numerics import DEFAULT\n"
+        "b = RtlSimBackend()\n"
+        "b.create_shard(0, 8, 'fixed', DEFAULT)\n"
+        "print(b.simulator.proc.pid, b.simulator.workdir, flush=True)\n"
+    )  # exits without close(): atexit must stop the simulator
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    pid, workdir = done.stdout.split()
+    deadline = time.monotonic() + 15
+    while alive(int(pid)):
+        assert time.monotonic() < deadline, "the simulator process outlived the interpreter"
+        time.sleep(0.2)
+    assert not Path(workdir).exists()

@@ -1,0 +1,21 @@
+# Deployment to a PYNQ board: scripts/deploy_pynq.py; docs/pynq.md describes the board side.
+#
+#   make deploy BOARD=B HOST=user@address    package build/boards/B/hetadam.{bit,hwh} + the hetadam wheel +
+#                                            the smoke test (SHA-256 manifest), copy it over ssh, run the
+#                                            smoke test on the board and print its report
+#   make deploy-package BOARD=B              the package only, in build/deploy/B/
+# DEPLOY_ARGS passes more options, e.g. DEPLOY_ARGS='--install --port 2222' or, without a board,
+# DEPLOY_ARGS='--transport fake' (the smoke test runs against the golden-model double of the kernel).
+
+BOARD ?= pynq-z2
+HOST ?=
+DEPLOY_ARGS ?=
+
+.PHONY: deploy deploy-package
+
+deploy: $(STAMP)
+	$(if $(HOST),,$(error HOST is required: make deploy BOARD=$(BOARD) HOST=xilinx@<board address>))
+	$(PY) scripts/deploy_pynq.py --board $(BOARD) --host $(HOST) $(DEPLOY_ARGS)
+
+deploy-package: $(STAMP)
+	$(PY) scripts/deploy_pynq.py --board $(BOARD) --package-only $(DEPLOY_ARGS)
