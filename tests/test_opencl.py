@@ -1,0 +1,425 @@
+"""The opencl backend (hw/opencl/adam.cl through pyopencl) on every OpenCL
+device here — PoCL's CPU device at least: `fixed` bit-exact with the golden
+vectors, the golden model and the cpu backend, with and without fp64; `fp32`
+bit-exact with torch's fused Adam and close to torch.optim.Adam/AdamW; discard;
+state round trips; device selection; training through HetAdam."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hetadam import HetAdam
+from hetadam.backends import cpu
+from hetadam.backends.base import BackendUnavailable, Segment, StepHyper
+from hetadam.numerics import DEFAULT, FixedState, adam_step, encode_step, golden
+from hetadam.numerics.convert import quantize_grad, unpack_ex
+from hetadam.numerics.formats import n_blocks
+from hetadam.numerics.scalars import StepScalars
+
+opencl = pytest.importorskip("hetadam.backends.opencl")
+AVAILABILITY = opencl.OpenCLBackend.availability()
+pytestmark = pytest.mark.skipif(
+    not AVAILABILITY.usable, reason=f"{AVAILABILITY.reason}. {AVAILABILITY.remedy}".strip()
+)
+
+
+def _devices() -> list[tuple[int, int, str]]:
+    if not AVAILABILITY.usable:
+        return []
+    cl = opencl.cl
+    return [
+        (pi, di, f"{p.name}:{d.name}")
+        for pi, p in enumerate(cl.get_platforms())
+        for di, d in enumerate(p.get_devices())
+    ]
+
+
+DEVICES = _devices()
+_BACKENDS: dict[tuple[int, int, bool | None, int], opencl.OpenCLBackend] = {}
+
+
+def backend_for(where: tuple[int, int, str], fp64: bool | None = None, chunk: int = 1000) -> opencl.OpenCLBackend:
+    """One backend per device and option, shared by the tests of a process.
+    A small staging chunk so that every test streams several chunks."""
+    key = (where[0], where[1], fp64, chunk)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = opencl.OpenCLBackend(platform=where[0], device=where[1], chunk=chunk, fp64=fp64)
+    return _BACKENDS[key]
+
+
+@pytest.fixture(params=DEVICES, ids=[d[2] for d in DEVICES])
+def device(request: pytest.FixtureRequest) -> tuple[int, int, str]:
+    return request.param
+
+
+def fp64_modes(where: tuple[int, int, str]) -> list[bool]:
+    has = "cl_khr_fp64" in opencl.cl.get_platforms()[where[0]].get_devices()[where[1]].extensions
+    return [True, False] if has else [False]
+
+
+# ---- fixed ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def golden_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("golden")
+    golden.write_all(directory)
+    return directory
+
+
+def _scalars(step: golden.Step) -> StepScalars:
+    return StepScalars(**{name: step.scalars[name] for name in StepScalars.__dataclass_fields__})
+
+
+def test_fixed_golden_vectors_bit_exact(device: tuple[int, int, str], golden_dir: Path) -> None:
+    cases = golden.load(golden_dir)
+    assert len(cases) >= 18
+    for fp64 in fp64_modes(device):
+        dev = backend_for(device, fp64).dev
+        for case in cases:
+            kernel = opencl.OpenCLFixedKernel(dev, case.n, DEFAULT, chunk=64)
+            kernel.upload(golden.state_of(case.steps[0]))
+            for k, step in enumerate(case.steps):
+                sat = kernel.run(step.g.view(np.int16), unpack_ex(step.ex)[0], _scalars(step), case.idx0)
+                pending = kernel.cur ^ 1
+                p = dev.read(kernel.p[pending], np.empty(case.n, np.int32)).view(np.uint32)
+                ms = dev.read(kernel.ms[pending], np.empty(case.n, np.uint32))
+                ex = dev.read(kernel.ex[pending], np.empty(kernel.nb, np.uint32))
+                where = f"{case.name} step {k + 1} fp64={fp64}"
+                np.testing.assert_array_equal(p, step.expect_p, err_msg=where)
+                np.testing.assert_array_equal(ms, step.expect_ms, err_msg=where)
+                np.testing.assert_array_equal(ex, step.expect_ex, err_msg=where)
+                assert sat == step.expect_sat, where
+                kernel.commit()
+
+
+def _random_state(rng: np.random.Generator, n: int) -> FixedState:
+    nb = n_blocks(n, DEFAULT.block)
+    return FixedState(
+        P=rng.integers(-(1 << 28), 1 << 28, n, dtype=np.int32),
+        M=rng.integers(-DEFAULT.m_max, DEFAULT.m_max + 1, n).astype(np.int16),
+        em=rng.integers(-40, 5, nb).astype(np.int8),
+        S=rng.integers(0, DEFAULT.s_max + 1, n).astype(np.uint16),
+        es=rng.integers(-40, 5, nb).astype(np.int8),
+    )
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_fixed_random_sequences_follow_the_model(device: tuple[int, int, str], stochastic: bool) -> None:
+    rng = np.random.default_rng(7 + stochastic)
+    for fp64 in fp64_modes(device):
+        dev = backend_for(device, fp64).dev
+        for n, idx0 in ((1, 0), (31, 32), (2500, 96 * 32), (4133, 0)):
+            state = _random_state(rng, n)
+            kernel = opencl.OpenCLFixedKernel(dev, n, DEFAULT, chunk=512)
+            kernel.upload(state)
+            for t in range(1, 9):
+                g = rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 1, n)
+                g[rng.random(n) < 0.1] = 0.0
+                G, eg, _ = quantize_grad(g)
+                sc = encode_step(
+                    lr=float(10 ** rng.uniform(-4, -1)), beta1=0.9, beta2=0.999, eps=1e-8, step=t,
+                    weight_decay=0.01 * (t % 2), decoupled_weight_decay=True, seed=123, stochastic=stochastic,
+                )  # fmt: skip
+                state, sat = adam_step(state, G, eg, sc, idx0)
+                assert kernel.run(G, eg, sc, idx0) == sat
+                kernel.commit()
+                assert kernel.download().equals(state), f"n={n} step {t} fp64={fp64}"
+                np.testing.assert_array_equal(kernel.params(), state.P)
+
+
+def _segments(params: list[torch.Tensor], grads: list[torch.Tensor | None], block: int = 32) -> list[Segment]:
+    out, at = [], 0
+    for p, g in zip(params, grads, strict=True):
+        out.append(Segment(at, p.view(-1), None if g is None else g.view(-1)))
+        at += -(-p.numel() // block) * block
+    return out
+
+
+def _flat_size(params: list[torch.Tensor], block: int = 32) -> int:
+    return sum(-(-p.numel() // block) * block for p in params)
+
+
+def _hyper(step: int, **kw: object) -> StepHyper:
+    base = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    base.update(kw)
+    return StepHyper(step=step, **base)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.05, "decoupled_weight_decay": True, "stochastic": True, "seed": 5},
+    ],
+    ids=["adam", "coupled-maximize", "adamw-stochastic"],
+)
+def test_fixed_shard_matches_the_cpu_backend(device: tuple[int, int, str], options: dict) -> None:
+    gen = torch.Generator().manual_seed(3)
+    shapes = (1000, 37, 5000, 64)
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    n = _flat_size(init)
+    shards, params = [], []
+    for be in (backend_for(device), cpu.CpuBackend()):
+        ps = [p.clone() for p in init]
+        shard = be.create_shard(64, n, "fixed", DEFAULT)
+        flat = np.zeros(n, np.float32)
+        for seg in _segments(ps, ps):
+            flat[seg.offset : seg.offset + seg.param.numel()] = seg.param.numpy()
+        shard.import_state({}, flat)
+        shards.append(shard)
+        params.append(ps)
+    for t in range(1, 7):
+        grads = [torch.randn(s, generator=gen) * 1e-2 for s in shapes]
+        if t % 3 == 0:
+            grads[1] = None  # a parameter without a gradient: the host path
+        sats = []
+        for shard, ps in zip(shards, params, strict=True):
+            sats.append(shard.step(_segments(ps, grads), _hyper(t, **options)))
+            shard.commit()
+        assert sats[0] == sats[1]
+        for a, b in zip(*params, strict=True):
+            assert torch.equal(a, b), f"step {t}"
+    ea, eb = (s.export_state() for s in shards)
+    assert ea.keys() == eb.keys()
+    for key in ea:
+        np.testing.assert_array_equal(ea[key], eb[key], err_msg=key)
+
+
+def test_fixed_discard_and_import(device: tuple[int, int, str]) -> None:
+    gen = torch.Generator().manual_seed(4)
+    p = torch.randn(3000, generator=gen)
+    be = backend_for(device)
+    shard = be.create_shard(0, 3008, "fixed", DEFAULT)
+    shard.import_state({}, np.pad(p.numpy(), (0, 8)))
+    shard.step([Segment(0, p, torch.randn(3000, generator=gen))], _hyper(1))
+    shard.commit()
+    before, p_before = shard.export_state(), p.clone()
+    shard.transactional = True
+    shard.step([Segment(0, p, torch.randn(3000, generator=gen))], _hyper(2))
+    shard.discard()
+    after = shard.export_state()
+    assert torch.equal(p, p_before)
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    other = be.create_shard(0, 3008, "fixed", DEFAULT)
+    other.import_state(before, np.pad(p.numpy(), (0, 8)))
+    for key, value in other.export_state().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+# ---- fp32 ----------------------------------------------------------------------------------------
+
+OPTIONS = [
+    dict(zip(("weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"), combo, strict=True))
+    for combo in itertools.product((0.0, 0.1), (False, True), (False, True), (False, True))
+]
+
+
+def _fp32_run(
+    device: tuple[int, int, str], options: dict, steps: int, transactional: bool = False
+) -> tuple[list[torch.Tensor], dict, list[torch.Tensor], torch.optim.Optimizer, torch.optim.Optimizer]:
+    """The same steps through an opencl fp32 shard, torch's fused Adam and torch's
+    default Adam; several parameters, one of them without a gradient at times."""
+    gen = torch.Generator().manual_seed(11)
+    shapes = (1003, 1, 64, 2500)
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    ours = [p.clone() for p in init]
+    fused_ps = [p.clone().requires_grad_() for p in init]
+    plain_ps = [p.clone().requires_grad_() for p in init]
+    cls = torch.optim.AdamW if options["decoupled_weight_decay"] else torch.optim.Adam
+    kw = {k: v for k, v in options.items() if k != "decoupled_weight_decay"}
+    fused = cls(fused_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, fused=True, **kw)
+    plain = cls(plain_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, **kw)
+    shard = backend_for(device).create_shard(0, _flat_size(init), "fp32", DEFAULT)
+    flat = np.zeros(shard.n, np.float32)
+    for seg in _segments(ours, ours):
+        flat[seg.offset : seg.offset + seg.param.numel()] = seg.param.numpy()
+    shard.import_state({}, flat)
+    shard.transactional = transactional
+    count = [0] * len(shapes)
+    for _ in range(steps):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        if _ % 2:
+            grads[2] = None
+        for ps, opt in ((fused_ps, fused), (plain_ps, plain)):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+        for i, g in enumerate(grads):  # torch counts steps per parameter
+            count[i] += g is not None
+        by_step: dict[int, list[int]] = {}
+        for i, g in enumerate(grads):
+            if g is not None:
+                by_step.setdefault(count[i], []).append(i)
+        segs = _segments(ours, grads)
+        for t, idx in by_step.items():
+            live = [s if i in idx else Segment(s.offset, s.param, None) for i, s in enumerate(segs)]
+            hyper = _hyper(t, lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-7, **options)
+            shard.step(live, hyper)
+            shard.commit()
+    state = shard.export_state()
+    return ours, state, [p.detach() for p in fused_ps], fused, plain
+
+
+def _vector_body(n: int) -> slice:
+    """The elements torch's fused CPU kernel updates with its vector code; the
+    last n % width elements of each tensor take its scalar loop, whose
+    rounding can differ from the vector code's by an ulp."""
+    width = {"AVX512": 16, "AVX2": 8}.get(torch.backends.cpu.get_cpu_capability(), 8)
+    return slice(0, n - n % width)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_fp32_bit_exact_with_torch_fused_and_close_to_torch_adam(device: tuple[int, int, str], options: dict) -> None:
+    ours, state, fused_ps, fused, plain = _fp32_run(device, options, steps=6)
+    names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if options["amsgrad"] else ())
+    segments = _segments(ours, ours)
+    for p, q, ref, seg in zip(ours, fused_ps, fused.param_groups[0]["params"], segments, strict=True):
+        body = _vector_body(p.numel())
+        assert torch.equal(p[body], q[body])
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        for name in names:
+            mine = torch.from_numpy(state[name][seg.offset : seg.offset + p.numel()])
+            theirs = fused.state[ref][name]
+            assert torch.equal(mine[body], theirs[body]), name
+            torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-9)
+    for p, q in zip(ours, plain.param_groups[0]["params"], strict=True):
+        torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fp32_transactional_steps_equal_in_place_steps(device: tuple[int, int, str]) -> None:
+    options = {"weight_decay": 0.1, "amsgrad": True, "maximize": False, "decoupled_weight_decay": True}
+    in_place, state_a, *_ = _fp32_run(device, options, steps=4)
+    pending, state_b, *_ = _fp32_run(device, options, steps=4, transactional=True)
+    for p, q in zip(in_place, pending, strict=True):
+        assert torch.equal(p, q)
+    for key in state_a:
+        np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+
+
+def test_fp32_discard_leaves_everything_as_it_was(device: tuple[int, int, str]) -> None:
+    gen = torch.Generator().manual_seed(5)
+    be = backend_for(device)
+    p = torch.randn(4000, generator=gen)
+    shard = be.create_shard(0, 4000, "fp32", DEFAULT)
+    shard.import_state({}, p.numpy())
+    shard.step([Segment(0, p, torch.randn(4000, generator=gen))], _hyper(1, amsgrad=True))
+    shard.commit()
+    before, p_before = shard.export_state(), p.clone()
+    shard.transactional = True
+    shard.step([Segment(0, p, torch.randn(4000, generator=gen))], _hyper(2, amsgrad=True))
+    shard.discard()
+    shard.commit()  # nothing pending: a no-op
+    assert torch.equal(p, p_before)
+    after = shard.export_state()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    other = be.create_shard(0, 4000, "fp32", DEFAULT)
+    other.import_state(before, p.numpy())
+    g = torch.randn(4000, generator=gen)
+    q = p.clone()
+    for s, x in ((shard, p), (other, q)):
+        s.transactional = False
+        s.step([Segment(0, x, g)], _hyper(2, amsgrad=True))
+        s.commit()
+    assert torch.equal(p, q)
+
+
+def test_empty_shards(device: tuple[int, int, str]) -> None:
+    be = backend_for(device)
+    for numerics in ("fp32", "fixed"):
+        shard = be.create_shard(0, 0, numerics, DEFAULT)
+        shard.import_state({}, np.zeros(0, np.float32))
+        assert shard.step([], _hyper(1)) == 0
+        shard.commit()
+        assert shard.export_state()["exp_avg"].size == 0
+
+
+# ---- selection, availability ---------------------------------------------------------------------
+
+
+def test_device_selection_by_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = opencl.cl.get_platforms()[0].get_devices()[0]
+    assert opencl.select_device(platform=0, device=0) == first
+    assert opencl.select_device(platform=first.platform.name[:6].upper(), device=first.name[-5:]) == first
+    monkeypatch.setenv(opencl.ENV_PLATFORM, "0")
+    monkeypatch.setenv(opencl.ENV_DEVICE, first.name[:4])
+    assert opencl.select_device() == first
+    monkeypatch.setenv(opencl.ENV_DEVICE, "no such device anywhere")
+    with pytest.raises(LookupError, match="no such device anywhere"):
+        opencl.select_device()
+    availability = opencl.OpenCLBackend.availability()
+    assert not availability.usable and "no such device anywhere" in availability.reason
+    assert "pocl" in availability.remedy
+    with pytest.raises(BackendUnavailable, match="no such device anywhere"):
+        opencl.OpenCLBackend()
+    assert opencl.OpenCLBackend(device=0).dev.device == opencl.select_device(device=0)
+
+
+def test_gpus_are_preferred(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(opencl.ENV_PLATFORM, raising=False)
+    monkeypatch.delenv(opencl.ENV_DEVICE, raising=False)
+    gpus = [d for p in opencl.cl.get_platforms() for d in p.get_devices() if d.type & opencl.cl.device_type.GPU]
+    chosen = opencl.select_device()
+    assert chosen == gpus[0] if gpus else chosen == opencl.cl.get_platforms()[0].get_devices()[0]
+
+
+def test_missing_pyopencl_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(opencl, "cl", None)
+    availability = opencl.OpenCLBackend.availability()
+    assert not availability.usable
+    assert availability.reason == "pyopencl is not installed"
+    assert "pip install 'hetadam[opencl]'" in availability.remedy
+    with pytest.raises(BackendUnavailable, match=r"hetadam\[opencl\]"):
+        opencl.OpenCLBackend()
+
+
+def test_bench_reports_every_numerics_and_mode() -> None:
+    rows = opencl.bench_opencl(sizes=(4096,), seconds=0.0)
+    assert {(r["numerics"], r["mode"]) for r in rows} == {
+        ("fp32", "resident"), ("fp32", "step"), ("fixed", "resident"), ("fixed", "step")
+    }  # fmt: skip
+    assert all(r["gparam_s"] > 0 and r["ratio"] > 0 for r in rows)
+
+
+# ---- training through HetAdam --------------------------------------------------------------------
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(9, 40), torch.nn.Tanh(), torch.nn.Linear(40, 4))
+
+
+def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = 25) -> list[float]:
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(9, 4, generator=torch.Generator().manual_seed(2))
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(32, 9, generator=gen)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), (x @ w).argmax(1))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_hetadam_trains_on_opencl() -> None:
+    ref, ours = _model(), _model()
+    _train(ref, torch.optim.Adam(ref.parameters(), lr=1e-2, weight_decay=0.01))
+    losses = _train(ours, HetAdam(ours.parameters(), lr=1e-2, weight_decay=0.01, backend="opencl"))
+    assert losses[-1] < losses[0] * 0.7
+    for p, q in zip(ref.parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    a, b = _model(), _model()
+    kw = {"lr": 1e-2, "numerics": "fixed", "stochastic_rounding": True, "seed": 3}
+    _train(a, HetAdam(a.parameters(), backend="cpu", **kw))
+    _train(b, HetAdam(b.parameters(), backend="opencl", **kw))
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
