@@ -22,9 +22,7 @@ from hetadam.numerics.scalars import StepScalars
 
 opencl = pytest.importorskip("hetadam.backends.opencl")
 AVAILABILITY = opencl.OpenCLBackend.availability()
-pytestmark = pytest.mark.skipif(
-    not AVAILABILITY.usable, reason=f"{AVAILABILITY.reason}. {AVAILABILITY.remedy}".strip()
-)
+pytestmark = pytest.mark.skipif(not AVAILABILITY.usable, reason=f"{AVAILABILITY.reason}. {AVAILABILITY.remedy}".strip())
 
 
 def _devices() -> list[tuple[int, int, str]]:
