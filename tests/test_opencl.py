@@ -220,7 +220,7 @@ OPTIONS = [
 
 
 def _fp32_run(
-    device: tuple[int, int, str], options: dict, steps: int, transactional: bool = False
+    device: tuple[int, int, str], options: dict, steps: int, transactional: bool = False, block: int = 32
 ) -> tuple[list[torch.Tensor], dict, list[torch.Tensor], torch.optim.Optimizer, torch.optim.Optimizer]:
     """The same steps through an opencl fp32 shard, torch's fused Adam and torch's
     default Adam; several parameters, one of them without a gradient at times."""
@@ -234,9 +234,9 @@ def _fp32_run(
     kw = {k: v for k, v in options.items() if k != "decoupled_weight_decay"}
     fused = cls(fused_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, fused=True, **kw)
     plain = cls(plain_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, **kw)
-    shard = backend_for(device).create_shard(0, _flat_size(init), "fp32", DEFAULT)
+    shard = backend_for(device).create_shard(0, _flat_size(init, block), "fp32", DEFAULT)
     flat = np.zeros(shard.n, np.float32)
-    for seg in _segments(ours, ours):
+    for seg in _segments(ours, ours, block):
         flat[seg.offset : seg.offset + seg.param.numel()] = seg.param.numpy()
     shard.import_state({}, flat)
     shard.transactional = transactional
@@ -255,7 +255,7 @@ def _fp32_run(
         for i, g in enumerate(grads):
             if g is not None:
                 by_step.setdefault(count[i], []).append(i)
-        segs = _segments(ours, grads)
+        segs = _segments(ours, grads, block)
         for t, idx in by_step.items():
             live = [s if i in idx else Segment(s.offset, s.param, None) for i, s in enumerate(segs)]
             hyper = _hyper(t, lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-7, **options)
@@ -275,9 +275,20 @@ def _vector_body(n: int) -> slice:
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_fp32_bit_exact_with_torch_fused_and_close_to_torch_adam(device: tuple[int, int, str], options: dict) -> None:
-    ours, state, fused_ps, fused, plain = _fp32_run(device, options, steps=6)
+    _check_fp32_against_torch(device, options, block=32)
+
+
+@pytest.mark.parametrize("block", [1, 5])
+def test_fp32_unaligned_parameters(device: tuple[int, int, str], block: int) -> None:
+    """Parameters at offsets that are no multiple of the vector width: their
+    ends take the element-wise kernel, with the same arithmetic."""
+    _check_fp32_against_torch(device, {**OPTIONS[-1], "amsgrad": block == 5}, block=block)
+
+
+def _check_fp32_against_torch(device: tuple[int, int, str], options: dict, block: int) -> None:
+    ours, state, fused_ps, fused, plain = _fp32_run(device, options, steps=6, block=block)
     names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if options["amsgrad"] else ())
-    segments = _segments(ours, ours)
+    segments = _segments(ours, ours, block)
     for p, q, ref, seg in zip(ours, fused_ps, fused.param_groups[0]["params"], segments, strict=True):
         body = _vector_body(p.numel())
         assert torch.equal(p[body], q[body])

@@ -75,13 +75,13 @@
 
 #if HETADAM_VEC == 1
 typedef float floatv;
-#define LOADV(i, p) ((p)[i])
-#define STOREV(x, i, p) ((p)[i] = (x))
 #else
 typedef HETADAM_CAT(float, HETADAM_VEC) floatv;
-#define LOADV(i, p) HETADAM_CAT(vload, HETADAM_VEC)(i, p)
-#define STOREV(x, i, p) HETADAM_CAT(vstore, HETADAM_VEC)(x, i, p)
 #endif
+/* Vector accesses through vector pointers (aligned: PoCL turns vloadn into
+ * element loads, at half the speed). */
+#define LOADV(i, p) (((__global const floatv *)(p))[i])
+#define STOREV(x, i, p) (((__global floatv *)(p))[i] = (x))
 
 #define ADAM_MAXIMIZE 1
 #define ADAM_COUPLED_DECAY 2   /* Adam: grad += weight_decay * param */
@@ -90,8 +90,8 @@ typedef HETADAM_CAT(float, HETADAM_VEC) floatv;
 
 /*
  * Units [0, units) of VEC floats starting at element `base` of the state
- * buffers (any element: vloadn needs only float alignment); the gradient
- * buffer holds just these units (a staging chunk).
+ * buffers (a multiple of VEC) and at unit `gbase` of the gradient buffer (a
+ * staging chunk).
  * The scalars are computed on the host in double and rounded to float, as
  * torch's fused kernel does:
  *   lerp_w = 1 - beta1, beta2, sq_w = 1 - beta2, bc2_sqrt = sqrt(1 - beta2^t),
@@ -101,14 +101,14 @@ HETADAM_KERNEL void hetadam_adam_fp32(
     __global const float *p_in, __global const float *restrict g,
     __global const float *m_in, __global const float *v_in,
     __global const float *vmax_in, __global float *p_out, __global float *m_out,
-    __global float *v_out, __global float *vmax_out, const uint base, const uint units,
+    __global float *v_out, __global float *vmax_out, const uint base, const uint gbase, const uint units,
     const float lerp_w, const float beta2, const float sq_w, const float bc2_sqrt,
     const float eps, const float neg_step, const float wd, const float p_scale,
     const int flags) {
   HETADAM_PIPELINE
   for (uint u = get_global_id(0); u < units; u += get_global_size(0)) {
     floatv p = LOADV(u, p_in + base);
-    floatv gr = LOADV(u, g);
+    floatv gr = LOADV(gbase + u, g);
     floatv m = LOADV(u, m_in + base);
     floatv v = LOADV(u, v_in + base);
     if (flags & ADAM_MAXIMIZE)

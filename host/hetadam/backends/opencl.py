@@ -362,13 +362,15 @@ class OpenCLFp32Shard(Shard):
     def __init__(self, dev: _Device, start: int, n: int, chunk: int = CHUNK) -> None:
         super().__init__(start, n)
         self.dev = dev
-        self.kernel = cl.Kernel(program(dev.context, FP32_OPTIONS), "hetadam_adam_fp32")
-        self.kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 2 + [np.float32] * 8 + [np.int32])
+        self.kernels = {}  # floats per work-item -> kernel: VEC for whole vectors, 1 for the ends
+        for width, options in ((VEC, FP32_OPTIONS), (1, ("-DHETADAM_VEC=1", *FP32_OPTIONS[1:]))):
+            kernel = cl.Kernel(program(dev.context, options), "hetadam_adam_fp32")
+            kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 3 + [np.float32] * 8 + [np.int32])
+            self.kernels[width] = kernel
         self.chunk = -(-chunk // VEC) * VEC
         self.slots = _Staging(dev.compute, 4 * self.chunk, (4 * self.chunk,))
-        self.padded = -(-n // VEC) * VEC + VEC
-        zeros = np.zeros(self.padded, np.float32)
-        self.bufs = {name: [dev.buffer(4 * self.padded, zeros) for _ in range(2)] for name in ("p", *STATE_NAMES[:2])}
+        zeros = np.zeros(n, np.float32)
+        self.bufs = {name: [dev.buffer(4 * n, zeros) for _ in range(2)] for name in ("p", *STATE_NAMES[:2])}
         self.cur = 0
         self.has_pending = False
         self._inplace = False
@@ -376,26 +378,39 @@ class OpenCLFp32Shard(Shard):
 
     def _ensure_amsgrad(self) -> None:
         if "max_exp_avg_sq" not in self.bufs:
-            zeros = np.zeros(self.padded, np.float32)
-            self.bufs["max_exp_avg_sq"] = [self.dev.buffer(4 * self.padded, zeros) for _ in range(2)]
+            zeros = np.zeros(self.n, np.float32)
+            self.bufs["max_exp_avg_sq"] = [self.dev.buffer(4 * self.n, zeros) for _ in range(2)]
 
     def launch(
-        self, g: cl.Buffer, lo: int, hi: int, sc: Fp32Scalars, wait_for: list[cl.Event] | None = None
-    ) -> cl.Event:
-        """Enqueue the kernel over elements [lo, hi) (rounded up to whole vectors)
-        of the resident state, g holding just those elements."""
+        self, g: cl.Buffer, g0: int, lo: int, hi: int, sc: Fp32Scalars, wait_for: list[cl.Event] | None = None
+    ) -> list[cl.Event]:
+        """Enqueue the kernels over elements [lo, hi) of the resident state: the
+        whole aligned vectors, and element by element the ends; g holds element
+        e at e - g0 (g0 a multiple of VEC)."""
         src = self.cur
         dst = src if self._inplace else src ^ 1
         b = self.bufs
         vmax = b.get("max_exp_avg_sq", b["exp_avg_sq"])
-        units = -(-(hi - lo) // VEC)
-        size = -(-units // WORK_GROUP) * WORK_GROUP
-        return self.kernel(
-            self.dev.compute, (size,), (WORK_GROUP,),
-            b["p"][src], g, b["exp_avg"][src], b["exp_avg_sq"][src], vmax[src],
-            b["p"][dst], b["exp_avg"][dst], b["exp_avg_sq"][dst], vmax[dst],
-            lo, units, *sc.args(), wait_for=wait_for,
-        )  # fmt: skip
+        mid_lo, mid_hi = -(-lo // VEC) * VEC, hi // VEC * VEC
+        if mid_lo >= mid_hi:
+            pieces = [(1, lo, hi)]
+        else:
+            pieces = [(1, lo, mid_lo), (VEC, mid_lo, mid_hi), (1, mid_hi, hi)]
+        events = []
+        for width, a, z in pieces:
+            if a == z:
+                continue
+            units = (z - a) // width
+            size = -(-units // WORK_GROUP) * WORK_GROUP
+            events.append(
+                self.kernels[width](
+                    self.dev.compute, (size,), (WORK_GROUP,),
+                    b["p"][src], g, b["exp_avg"][src], b["exp_avg_sq"][src], vmax[src],
+                    b["p"][dst], b["exp_avg"][dst], b["exp_avg_sq"][dst], vmax[dst],
+                    a, (a - g0) // width, units, *sc.args(), wait_for=wait_for,
+                )
+            )  # fmt: skip
+        return events
 
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
         if hyper.amsgrad:
@@ -407,9 +422,9 @@ class OpenCLFp32Shard(Shard):
         for run in _live_runs(segments):
             lo, hi = run[0].offset, run[-1].offset + run[-1].param.numel()
             live.append((lo, hi))
-            for a, b in _chunks(lo, hi, self.chunk):
-                self._chunk(run, a, b, sc)
-        for lo, hi in [] if self._inplace else _gaps(live, self.padded):  # what this step leaves as it is
+            for g0 in range(lo // VEC * VEC, hi, self.chunk):
+                self._chunk(run, g0, max(g0, lo), min(g0 + self.chunk, hi), sc)
+        for lo, hi in [] if self._inplace else _gaps(live, self.n):  # what this step leaves as it is
             for bufs in self.bufs.values():
                 cl.enqueue_copy(self.dev.compute, bufs[self.cur ^ 1], bufs[self.cur], byte_count=4 * (hi - lo),
                                 src_offset=4 * lo, dst_offset=4 * lo)  # fmt: skip
@@ -418,24 +433,23 @@ class OpenCLFp32Shard(Shard):
         self.has_pending = True
         return 0
 
-    def _chunk(self, run: list[Segment], a: int, b: int, sc: Fp32Scalars) -> None:
+    def _chunk(self, run: list[Segment], g0: int, a: int, b: int, sc: Fp32Scalars) -> None:
         """Stage the gradients of elements [a, b) of a run (zeros between its
-        segments), send them, and enqueue the kernel on them."""
+        segments) at their offsets from g0, send them, enqueue the kernels."""
         k = self.slots.acquire()
-        end = a + -(-(b - a) // VEC) * VEC
-        host = self.slots.host[k][: 4 * (end - a)].view(np.float32)
+        host = self.slots.host[k][: 4 * (b - g0)].view(np.float32)
         at = a
         for seg in run:
             lo, hi = max(seg.offset, a), min(seg.offset + seg.param.numel(), b)
             if lo >= hi:
                 continue
-            host[at - a : lo - a] = 0.0
-            host[lo - a : hi - a] = seg.grad.detach()[lo - seg.offset : hi - seg.offset].numpy()
+            host[at - g0 : lo - g0] = 0.0
+            host[lo - g0 : hi - g0] = seg.grad.detach()[lo - seg.offset : hi - seg.offset].numpy()
             at = hi
-        host[at - a :] = 0.0
+        host[at - g0 :] = 0.0
         (d_g,) = self.slots.device[k]
-        copy = cl.enqueue_copy(self.dev.transfer, d_g, host, is_blocking=False)
-        self.slots.release(k, self.launch(d_g, a, b, sc, [copy]))
+        copy = cl.enqueue_copy(self.dev.transfer, d_g, host[a - g0 :], dst_offset=4 * (a - g0), is_blocking=False)
+        self.slots.release(k, *self.launch(d_g, g0, a, b, sc, [copy]))
 
     def commit(self) -> None:
         if not self.has_pending:
@@ -469,22 +483,18 @@ class OpenCLFp32Shard(Shard):
 
     def export_state(self) -> dict[str, np.ndarray]:
         return {
-            name: self.dev.read(bufs[self.cur], np.empty(self.padded, np.float32))[: self.n].copy()
+            name: self.dev.read(bufs[self.cur], np.empty(self.n, np.float32))
             for name, bufs in self.bufs.items()
             if name != "p"
         }
 
     def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
-        def padded(a: np.ndarray) -> np.ndarray:
-            out = np.zeros(self.padded, np.float32)
-            out[: self.n] = np.asarray(a, np.float32).reshape(self.n)
-            return out
-
         if "max_exp_avg_sq" in state:
             self._ensure_amsgrad()
         zeros = np.zeros(self.n, np.float32)
         for name, bufs in self.bufs.items():
-            self.dev.write(bufs[self.cur], padded(params if name == "p" else state.get(name, zeros)))
+            value = params if name == "p" else state.get(name, zeros)
+            self.dev.write(bufs[self.cur], np.asarray(value, np.float32).reshape(self.n))
         self.has_pending = False
 
 
@@ -591,8 +601,8 @@ def bench_opencl(
             shards.append(shard)
             if isinstance(shard, OpenCLFp32Shard):
                 g_dev = be.dev.buffer(4 * n, grad.numpy())
-                fns["fp32 resident"] = partial(lambda s, g, sc, n: s.launch(g, 0, n, sc).wait(), shard, g_dev,
-                                               Fp32Scalars.of(hyper), n)  # fmt: skip
+                fns["fp32 resident"] = partial(lambda s, g, sc, n: cl.wait_for_events(s.launch(g, 0, 0, n, sc)),
+                                               shard, g_dev, Fp32Scalars.of(hyper), n)  # fmt: skip
             else:
                 G, eg = quantize_grad_fast(grad.numpy())
                 bufs = (be.dev.buffer(2 * n, G), be.dev.buffer(eg.size, eg), be.dev.buffer(4 * eg.size))
