@@ -2,7 +2,7 @@
 // adam_regmap_pkg (generated from host/hetadam/regmap.py).
 //
 //   CTRL  bit 0 ap_start (R/W, cleared by ap_ready unless auto_restart)
-//         bit 1 ap_done (R, clear on read)   bit 2 ap_idle (R)
+//         bit 1 ap_done (R, clear on read)   bit 2 ap_idle (R; set in the clock ap_done is)
 //         bit 3 ap_ready (R, clear on read)  bit 7 auto_restart (R/W)
 //         bit 9 interrupt (R)
 //   GIE   bit 0 global interrupt enable
@@ -60,7 +60,7 @@ module adam_ctrl_s_axi (
     input  wire logic         sat_count_ap_vld
 );
 
-  logic int_ap_done, int_ap_ready, int_ap_idle, int_auto_restart, int_gie;
+  logic int_ap_done, int_ap_ready, int_auto_restart, int_gie;
   logic [1:0] int_ier, int_isr;
   logic int_sat_vld;
 
@@ -103,7 +103,7 @@ module adam_ctrl_s_axi (
     rdata = '0;
     case (raddr)
       adam_regmap_pkg::REG_CTRL: rdata = {22'd0, interrupt, 1'b0, int_auto_restart, 3'd0,
-                                          int_ap_ready, int_ap_idle, int_ap_done, ap_start};
+                                          int_ap_ready, ap_idle, int_ap_done, ap_start};
       adam_regmap_pkg::REG_GIE: rdata = {31'd0, int_gie};
       adam_regmap_pkg::REG_IER: rdata = {30'd0, int_ier};
       adam_regmap_pkg::REG_ISR: rdata = {30'd0, int_isr};
@@ -151,8 +151,6 @@ module adam_ctrl_s_axi (
 
   // control and interrupt registers
   always_ff @(posedge clk) begin
-    int_ap_idle <= ap_idle;
-
     if (w_hs && waddr == adam_regmap_pkg::REG_CTRL && s_axi_wstrb[0] && s_axi_wdata[0]) begin
       ap_start <= 1'b1;
     end else if (ap_ready) begin
@@ -202,7 +200,6 @@ module adam_ctrl_s_axi (
       ap_start <= 1'b0;
       int_ap_done <= 1'b0;
       int_ap_ready <= 1'b0;
-      int_ap_idle <= 1'b1;
       int_auto_restart <= 1'b0;
       int_gie <= 1'b0;
       int_ier <= '0;
