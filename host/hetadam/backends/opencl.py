@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.autograd.graph import increment_version
 
 from ..numerics import DEFAULT, FixedFormat, FixedState
 from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
@@ -474,7 +475,10 @@ class OpenCLFp32Shard(Shard):
                 k, ev = reads[i - 1]
                 ev.wait()
                 host = self.slots.host[k][: 4 * (b - a)].view(np.float32)
-                seg.param[a - seg.offset : b - seg.offset].copy_(torch.from_numpy(host))
+                np.copyto(seg.param.detach()[a - seg.offset : b - seg.offset].numpy(), host)
+        for seg in self._segments:
+            if seg.grad is not None:  # as an in-place torch op would
+                increment_version(seg.param)
         self._segments = []
 
     def discard(self) -> None:
