@@ -84,14 +84,15 @@ proc hetadam_package_rtl {root part ip_dir bundles} {
         set block [ipx::add_address_block Reg $map]
         set_property -dict {range 65536 width 32 usage register} $block
     }
-    # Each master addresses 64 bits.
+    # Each master addresses 64 bits (all of a Zynq UltraScale+ PS's DDR, above 4 GiB too).
     foreach bundle $bundles {
         set busif m_axi_$bundle
-        if {[llength [ipx::get_address_spaces $busif -of_objects $core]] == 0} {
+        set space [ipx::get_address_spaces $busif -of_objects $core]
+        if {[llength $space] == 0} {
             set space [ipx::add_address_space $busif $core]
             set_property master_address_space_ref $busif [ipx::get_bus_interfaces $busif -of_objects $core]
-            set_property -dict {range 16E width 64} $space
         }
+        set_property -dict {range 16E width 64} $space
     }
 
     ipx::create_xgui_files $core
