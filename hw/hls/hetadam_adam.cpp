@@ -77,9 +77,9 @@ isqrt_digits:
 #pragma HLS UNROLL
     const uint32_t x = (rem << 2) | static_cast<uint32_t>((v >> (2 * i)) & 3);
     const uint32_t trial = (root << 2) | 1;
-    const bool fits = x >= trial;
-    rem = fits ? x - trial : x;
-    root = (root << 1) | (fits ? 1u : 0u);
+    const uint32_t fits = x >= trial ? 1u : 0u;
+    rem = x - (trial & (0u - fits));  // subtract when the trial digit fits: a mask, not a branch
+    root = (root << 1) | fits;
   }
   return root;
 }
