@@ -21,17 +21,18 @@ BOARD ?= pynq-z2
 KERNEL ?= hls
 STEP ?= all
 VITIS_HLS ?= vitis_hls
+VITIS_HLS_TCL_FLAG ?= -f
 VIVADO ?= vivado
 BOARD_TCL = hw/boards/$(BOARD)/board.tcl
 BOARD_PART = $(shell sed -n 's/^set part  *//p' $(BOARD_TCL))
 HLS_IP = $(HLS_BUILD)/$(BOARD_PART)/hetadam_prj/sol/impl/ip/component.xml
 HLS_GOALS := hls hls-csim hls-csynth hls-cosim hls-export
 
-VITIS_HLS_HELP := install AMD Vitis HLS (part of AMD Vitis 2022.1 or later, https://www.xilinx.com/support/download.html) and run `source <install dir>/settings64.sh`, or set VITIS_HLS=/path/to/vitis_hls
+VITIS_HLS_HELP := install AMD Vitis HLS (part of AMD Vitis 2022.1 or later, https://www.xilinx.com/support/download.html) and run `source <install dir>/settings64.sh`, or set VITIS_HLS=/path/to/vitis_hls (Vitis 2024.2 and later: VITIS_HLS="vitis-run --mode hls" VITIS_HLS_TCL_FLAG=--tcl)
 VIVADO_HELP := install AMD Vivado (2022.1 or later, with Zynq-7000 and Zynq UltraScale+ devices, https://www.xilinx.com/support/download.html) and run `source <install dir>/settings64.sh`, or set VIVADO=/path/to/vivado
 
-# $(call hls_need_tool,TOOL,HELP): stop at once, naming the tool, unless TOOL is on PATH.
-hls_need_tool = $(if $(shell command -v $(1) 2>/dev/null),,$(error $(1) not found on PATH: $(2)))
+# $(call hls_need_tool,TOOL,HELP): stop at once, naming the tool, unless TOOL (a command line) is on PATH.
+hls_need_tool = $(if $(shell command -v $(firstword $(1)) 2>/dev/null),,$(error $(firstword $(1)) not found on PATH: $(2)))
 hls_need_board = $(if $(wildcard $(BOARD_TCL)),,$(error BOARD=$(BOARD): no $(BOARD_TCL); boards: $(patsubst hw/boards/%/board.tcl,%,$(wildcard hw/boards/*/board.tcl))))
 
 ifneq ($(filter bitstream,$(MAKECMDGOALS)),)
@@ -62,7 +63,7 @@ hls: $(GOLDEN_DIR)/.stamp
 	$(call hls_need_tool,$(VITIS_HLS),$(VITIS_HLS_HELP))
 	@mkdir -p $(HLS_BUILD)
 	cd $(HLS_BUILD) && HETADAM_STEP=$(STEP) HETADAM_BOARD=$(BOARD) HETADAM_GOLDEN=$(CURDIR)/$(GOLDEN_DIR) \
-		$(VITIS_HLS) -f $(CURDIR)/$(HLS_DIR)/run_hls.tcl
+		$(VITIS_HLS) $(VITIS_HLS_TCL_FLAG) $(CURDIR)/$(HLS_DIR)/run_hls.tcl
 
 hls-csim hls-csynth hls-cosim hls-export:
 	$(MAKE) hls STEP=$(@:hls-%=%) BOARD=$(BOARD)
