@@ -360,7 +360,7 @@ def run_make(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     ("goal", "tool"),
     [(["bitstream", "BOARD=pynq-z2", "KERNEL=hls"], "VIVADO"), (["bitstream", "BOARD=kv260", "KERNEL=rtl"], "VIVADO"),
      (["hls-csynth"], "VITIS_HLS"), (["hls", "STEP=cosim", "BOARD=zcu104"], "VITIS_HLS"),
-     (["hls-export"], "VITIS_HLS")],
+     (["hls-export"], "VITIS_HLS"), (["bitstream", "KERNEL=hls", "VIVADO=true"], "VITIS_HLS")],
 )  # fmt: skip
 def test_make_vendor_targets_stop_at_once_without_the_tool(tmp_path: Path, goal: list[str], tool: str) -> None:
     missing = tmp_path / tool.lower()
