@@ -58,7 +58,10 @@ proc create_bd_cell {args} { record create_bd_cell {*}$args; return [lindex $arg
 proc get_bd_pins {name} { return $name }
 proc get_bd_intf_pins {name} { return $name }
 proc get_bd_addr_spaces {name} { return $name }
-proc get_bd_addr_segs {args} { return [list ps/Data/SEG_hetadam_Reg] }
+proc get_bd_addr_segs {args} {
+    regexp {SEG_(\w+)_\*} [lindex $args end] -> cell
+    return [list ps/Data/SEG_${cell}_Reg]
+}
 proc get_files {name} { return $name }
 proc make_wrapper {args} { return /nowhere/hetadam_bd_wrapper.v }
 proc current_project {} { return project }
@@ -288,18 +291,24 @@ def test_board_flow_builds_the_block_design(tree: Path, board: str, kernel: str)
     expected = {
         (pins["ctrl"], "ctrl_sc/S00_AXI"),
         ("ctrl_sc/M00_AXI", f"hetadam/s_axi_{regmap.CONTROL_BUNDLE}"),
+        ("ctrl_sc/M01_AXI", "intc/s_axi"),
         ("data_sc/M00_AXI", pins["data"]),
     } | {(f"hetadam/m_axi_{b}", f"data_sc/S{i:02d}_AXI") for i, b in enumerate(bundles)}
     assert intf == expected
     nets = [set(c) for c in find(calls, "connect_bd_net")]
-    clock = {pins["clk"], "hetadam/ap_clk", "rst/slowest_sync_clk", "ctrl_sc/aclk", "data_sc/aclk", *pins["port_clks"]}
-    assert clock in nets
+    clocked = {"hetadam/ap_clk", "intc/s_axi_aclk", "rst/slowest_sync_clk", "ctrl_sc/aclk", "data_sc/aclk"}
+    assert {pins["clk"], *pins["port_clks"], *clocked} in nets
     assert {pins["resetn"], "rst/ext_reset_in"} in nets
-    assert {"rst/peripheral_aresetn", "hetadam/ap_rst_n", "ctrl_sc/aresetn", "data_sc/aresetn"} in nets
-    assert {"hetadam/interrupt", pins["irq"]} in nets
+    reset = {"rst/peripheral_aresetn", "hetadam/ap_rst_n", "intc/s_axi_aresetn", "ctrl_sc/aresetn", "data_sc/aresetn"}
+    assert reset in nets
+    assert {"hetadam/interrupt", "intc/intr"} in nets
+    assert {"intc/irq", pins["irq"]} in nets
     props = find(calls, "set_property")
+    assert ["-dict", "CONFIG.C_IRQ_CONNECTION 1", "intc"] in props, "a single irq output, as PYNQ wants"
     assert ["offset", f"0x{base:08X}", "ps/Data/SEG_hetadam_Reg"] in props
     assert ["range", "64K", "ps/Data/SEG_hetadam_Reg"] in props
+    assert ["offset", f"0x{base + 0x10000:08X}", "ps/Data/SEG_intc_Reg"] in props
+    assert ["range", "64K", "ps/Data/SEG_intc_Reg"] in props
     assert ["-dict", f"CONFIG.NUM_SI {len(bundles)} CONFIG.NUM_MI 1", "data_sc"] in props
     clock_key = "CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ" if kind == "ps7" else "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ"
     assert any(p[0] == "-dict" and re.search(rf"{clock_key} {mhz}\b", p[1]) for p in props)

@@ -14,8 +14,10 @@
 # The design: the PS's general-purpose master drives the kernel's AXI4-Lite
 # control through a SmartConnect, at the board's ctrl_base; the kernel's four
 # AXI4 masters reach DDR through a second SmartConnect and the PS's
-# high-performance port HP0; the kernel's interrupt goes to the PS; one fabric
-# clock (the board's clock_mhz) and one reset drive everything.
+# high-performance port HP0; the kernel's interrupt reaches the PS through an
+# AXI interrupt controller at ctrl_base + 64 KiB (PYNQ serves interrupts only
+# through an axi_intc); one fabric clock (the board's clock_mhz) and one reset
+# drive everything.
 
 set boards_dir [file dirname [file normalize [info script]]]
 set root [file dirname [file dirname $boards_dir]]
@@ -93,12 +95,15 @@ set pins [hetadam_create_ps $ps_kind $clock_mhz [expr {$board_part ne ""}]]
 create_bd_cell -type ip -vlnv $kernel_vlnv hetadam
 create_bd_cell -type ip -vlnv [hetadam_ip_vlnv proc_sys_reset] rst
 set ctrl_sc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] ctrl_sc]
-set_property -dict [list CONFIG.NUM_SI 1 CONFIG.NUM_MI 1] $ctrl_sc
+set_property -dict [list CONFIG.NUM_SI 1 CONFIG.NUM_MI 2] $ctrl_sc
+set intc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv axi_intc] intc]
+set_property -dict [list CONFIG.C_IRQ_CONNECTION 1] $intc
 set data_sc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] data_sc]
 set_property -dict [list CONFIG.NUM_SI [llength $hetadam_bundles] CONFIG.NUM_MI 1] $data_sc
 
 connect_bd_intf_net [get_bd_intf_pins [dict get $pins ctrl]] [get_bd_intf_pins ctrl_sc/S00_AXI]
 connect_bd_intf_net [get_bd_intf_pins ctrl_sc/M00_AXI] [get_bd_intf_pins hetadam/$hetadam_control]
+connect_bd_intf_net [get_bd_intf_pins ctrl_sc/M01_AXI] [get_bd_intf_pins intc/s_axi]
 set si 0
 foreach bundle $hetadam_bundles {
     connect_bd_intf_net [get_bd_intf_pins hetadam/m_axi_$bundle] [get_bd_intf_pins [format data_sc/S%02d_AXI $si]]
@@ -107,23 +112,30 @@ foreach bundle $hetadam_bundles {
 connect_bd_intf_net [get_bd_intf_pins data_sc/M00_AXI] [get_bd_intf_pins [dict get $pins data]]
 
 set clocked [get_bd_pins [dict get $pins clk]]
-foreach pin [list hetadam/ap_clk rst/slowest_sync_clk ctrl_sc/aclk data_sc/aclk {*}[dict get $pins port_clks]] {
+foreach pin [list hetadam/ap_clk intc/s_axi_aclk rst/slowest_sync_clk ctrl_sc/aclk data_sc/aclk \
+                 {*}[dict get $pins port_clks]] {
     lappend clocked [get_bd_pins $pin]
 }
 connect_bd_net {*}$clocked
 connect_bd_net [get_bd_pins [dict get $pins resetn]] [get_bd_pins rst/ext_reset_in]
 connect_bd_net [get_bd_pins rst/peripheral_aresetn] [get_bd_pins hetadam/ap_rst_n] \
-    [get_bd_pins ctrl_sc/aresetn] [get_bd_pins data_sc/aresetn]
-connect_bd_net [get_bd_pins hetadam/interrupt] [get_bd_pins [dict get $pins irq]]
+    [get_bd_pins intc/s_axi_aresetn] [get_bd_pins ctrl_sc/aresetn] [get_bd_pins data_sc/aresetn]
+connect_bd_net [get_bd_pins hetadam/interrupt] [get_bd_pins intc/intr]
+connect_bd_net [get_bd_pins intc/irq] [get_bd_pins [dict get $pins irq]]
 
-# The address map: the control registers at ctrl_base (64 KiB); each master sees all the PS's memory.
+# The address map: the kernel's registers at ctrl_base, the interrupt controller's
+# 64 KiB above (64 KiB each); each master sees all the PS's memory.
 assign_bd_address
-set ctrl_seg [get_bd_addr_segs -of_objects [get_bd_addr_spaces ps/Data] -filter {NAME =~ "SEG_hetadam_*"}]
-if {[llength $ctrl_seg] != 1} {
-    error "expected one address segment of the kernel's control in ps/Data, found '$ctrl_seg'"
+proc hetadam_place {cell offset} {
+    set seg [get_bd_addr_segs -of_objects [get_bd_addr_spaces ps/Data] -filter "NAME =~ SEG_${cell}_*"]
+    if {[llength $seg] != 1} {
+        error "expected one address segment of $cell in ps/Data, found '$seg'"
+    }
+    set_property range 64K $seg
+    set_property offset $offset $seg
 }
-set_property range 64K $ctrl_seg
-set_property offset $ctrl_base $ctrl_seg
+hetadam_place hetadam $ctrl_base
+hetadam_place intc [format 0x%08X [expr {$ctrl_base + 0x10000}]]
 
 validate_bd_design
 save_bd_design
