@@ -11,13 +11,17 @@ import fcntl
 from pathlib import Path
 
 import pytest
-
-from rtl_build import BUILD, ROOT, build, missing_tools, run
+from rtl_build import BUILD, ROOT, build, build_icarus, icarus_missing, missing_tools, run
 
 pytestmark = pytest.mark.slow
 
 WHY = missing_tools()
 needs_verilator = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+WHY_ICARUS = icarus_missing()
+needs_icarus = pytest.mark.skipif(WHY_ICARUS is not None, reason=WHY_ICARUS or "")
+
+# Icarus is slower: the golden cases without the long sequences
+ICARUS_CASES = "zeros,one_element,partial_block,extremes,saturation,tiny_grads,huge_grads,stochastic,adamw_decay"
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +75,15 @@ def test_reset_and_control(lanes: int) -> None:
 @pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_performance(lanes: int) -> None:
     _run(lanes, ["performance"])
+
+
+@needs_icarus
+@pytest.mark.parametrize("lanes", [2])
+def test_icarus(lanes: int, golden_dir: Path) -> None:
+    """The same benches on Icarus Verilog (a second simulator): golden edge cases and ap_ctrl_hs."""
+    model = build_icarus({"LANES": lanes})
+    env = {"RTL_LANES": str(lanes), "RTL_GOLDEN": str(golden_dir), "RTL_GOLDEN_CASES": ICARUS_CASES}
+    run(model, ["golden_vectors", "control_protocol"], env)
 
 
 def test_sources_listed() -> None:

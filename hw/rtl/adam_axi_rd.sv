@@ -28,10 +28,12 @@ module adam_axi_rd #(
     output      logic [3:0]          m_axi_arregion,
     output      logic                m_axi_arvalid,
     input  wire logic                m_axi_arready,
+    /* verilator lint_off UNUSEDSIGNAL */  // single ID, in-order; responses not checked
     input  wire logic [0:0]          m_axi_rid,
     input  wire logic [DATA_W-1:0]   m_axi_rdata,
     input  wire logic [1:0]          m_axi_rresp,
     input  wire logic                m_axi_rlast,
+    /* verilator lint_on UNUSEDSIGNAL */
     input  wire logic                m_axi_rvalid,
     output      logic                m_axi_rready,
 
@@ -92,11 +94,13 @@ module adam_axi_rd #(
     end
   end
 
+  /* verilator lint_off PINCONNECTEMPTY */  // room is reserved before a burst is asked for
   adam_fifo #(.WIDTH(DATA_W), .DEPTH_LOG2(FIFO_LOG2)) u_fifo (
       .clk(clk), .rst(rst),
       .in_data(m_axi_rdata), .in_valid(m_axi_rvalid), .in_ready(),
       .out_data(out_data), .out_valid(out_valid), .out_ready(out_ready),
       .count());
+  /* verilator lint_on PINCONNECTEMPTY */
 
 endmodule
 

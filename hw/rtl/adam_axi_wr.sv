@@ -40,8 +40,10 @@ module adam_axi_wr #(
     output      logic                m_axi_wlast,
     output      logic                m_axi_wvalid,
     input  wire logic                m_axi_wready,
+    /* verilator lint_off UNUSEDSIGNAL */  // single ID; responses not checked
     input  wire logic [0:0]          m_axi_bid,
     input  wire logic [1:0]          m_axi_bresp,
+    /* verilator lint_on UNUSEDSIGNAL */
     input  wire logic                m_axi_bvalid,
     output      logic                m_axi_bready
 );
@@ -50,6 +52,7 @@ module adam_axi_wr #(
   localparam int SIZE = $clog2(BYTES);
   localparam logic [32:0] BURST_MAX = 33'(2 ** BURST_LOG2);
 
+  /* verilator lint_off UNUSEDSIGNAL */
   function automatic logic [32:0] burst_len(input logic [63:0] a, input logic [32:0] n);
     logic [12:0] to_4k;
     logic [32:0] l;
@@ -58,6 +61,7 @@ module adam_axi_wr #(
     if ({20'd0, to_4k} < l) l = {20'd0, to_4k};
     burst_len = l;
   endfunction
+  /* verilator lint_on UNUSEDSIGNAL */
 
   // address side
   logic [63:0] aw_addr;

@@ -20,6 +20,7 @@ module adam_core #(
     input  wire logic [31:0]           n,
     input  wire logic [31:0]           idx0,
     input  wire logic [31:0]           seed,
+    /* verilator lint_off UNUSEDSIGNAL */  // 32-bit registers; the low bits are the fields
     input  wire logic [31:0]           beta1,
     input  wire logic [31:0]           beta2,
     input  wire logic [31:0]           eps_m,
@@ -29,9 +30,12 @@ module adam_core #(
     input  wire logic [31:0]           ratio_max,
     input  wire logic [31:0]           lwd,
     input  wire logic [31:0]           mode,
+    /* verilator lint_on UNUSEDSIGNAL */
 
     // input streams
+    /* verilator lint_off UNUSEDSIGNAL */  // ex bits 31:24 are unused
     input  wire logic [31:0]           ex_in_data,
+    /* verilator lint_on UNUSEDSIGNAL */
     input  wire logic                  ex_in_valid,
     output      logic                  ex_in_ready,
     input  wire logic [32*LANES-1:0]   p_in_data,
@@ -103,11 +107,13 @@ module adam_core #(
   logic [HDR_W-1:0] hdr;
   logic hdr_valid, hdr_pop;
 
+  /* verilator lint_off PINCONNECTEMPTY */  // credits keep these FIFOs from overflowing
   adam_fifo #(.WIDTH(HDR_W), .DEPTH_LOG2(2)) u_hdr_fifo (
       .clk(clk), .rst(rst),
       .in_data(hdr_in), .in_valid(ex_in_valid), .in_ready(ex_in_ready),
       .out_data(hdr), .out_valid(hdr_valid), .out_ready(hdr_pop),
       .count());
+  /* verilator lint_on PINCONNECTEMPTY */
 
   // ------------------------------------------------------------ run state
   logic [32:0] beats_left;
@@ -243,11 +249,13 @@ module adam_core #(
     end
   end
 
+  /* verilator lint_off PINCONNECTEMPTY */  // credits keep these FIFOs from overflowing
   adam_fifo #(.WIDTH(32*LANES), .DEPTH_LOG2(OUT_DEPTH_LOG2)) u_p_fifo (
       .clk(clk), .rst(rst),
       .in_data(p_new), .in_valid(v_p), .in_ready(),
       .out_data(p_out_data), .out_valid(p_out_valid), .out_ready(p_out_ready),
       .count(p_out_count));
+  /* verilator lint_on PINCONNECTEMPTY */
   assign p_pop = p_out_valid && p_out_ready;
 
   // ------------------------------------------------------------ block store
@@ -258,7 +266,9 @@ module adam_core #(
   logic [25:0] mmax_acc, smax_acc, mmax_beat, smax_beat;
 
   logic [ST_W*LANES-1:0] st_word;
-  logic [26:0] ma;
+  /* verilator lint_off UNUSEDSIGNAL */
+  logic [26:0] ma;            // |m'| < 2**26
+  /* verilator lint_on UNUSEDSIGNAL */
   always_comb begin
     mmax_beat = '0;
     smax_beat = '0;
@@ -306,8 +316,10 @@ module adam_core #(
   wire logic d_start = req && (!d_busy || d_last);
   wire logic [4:0] lm = bitlen26(req_mmax);
   wire logic [4:0] ls = bitlen26(req_smax);
+  /* verilator lint_off UNUSEDSIGNAL */  // new exponents lie in [-126, 127]
   wire logic signed [8:0] em_new = $signed({req_ew[7], req_ew}) - 9'sd26 + $signed({4'd0, lm});
   wire logic signed [8:0] es_new = $signed({req_ew[7], req_ew}) - 9'sd26 + $signed({4'd0, ls});
+  /* verilator lint_on UNUSEDSIGNAL */
   wire logic [31:0] ex_word = {8'd0, (ls == 5'd0) ? 8'h80 : es_new[7:0], (lm == 5'd0) ? 8'h80 : em_new[7:0], req_eg};
 
   always_ff @(posedge clk) begin
@@ -357,11 +369,13 @@ module adam_core #(
   end
 
   // ex word of a block, pushed when its drain starts
+  /* verilator lint_off PINCONNECTEMPTY */  // credits keep these FIFOs from overflowing
   adam_fifo #(.WIDTH(32), .DEPTH_LOG2(EX_DEPTH_LOG2)) u_ex_fifo (
       .clk(clk), .rst(rst),
       .in_data(ex_word), .in_valid(d_start), .in_ready(),
       .out_data(ex_out_data), .out_valid(ex_out_valid), .out_ready(ex_out_ready),
       .count(ex_out_count));
+  /* verilator lint_on PINCONNECTEMPTY */
   assign ex_pop = ex_out_valid && ex_out_ready;
 
   // read the store, then quantise
@@ -427,11 +441,13 @@ module adam_core #(
     end
   end
 
+  /* verilator lint_off PINCONNECTEMPTY */  // credits keep these FIFOs from overflowing
   adam_fifo #(.WIDTH(32*LANES), .DEPTH_LOG2(OUT_DEPTH_LOG2)) u_ms_fifo (
       .clk(clk), .rst(rst),
       .in_data(q_word), .in_valid(rd_v), .in_ready(),
       .out_data(ms_out_data), .out_valid(ms_out_valid), .out_ready(ms_out_ready),
       .count(ms_out_count));
+  /* verilator lint_on PINCONNECTEMPTY */
   assign ms_pop = ms_out_valid && ms_out_ready;
 
 endmodule

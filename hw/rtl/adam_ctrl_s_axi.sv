@@ -15,7 +15,8 @@ module adam_ctrl_s_axi (
     input  wire logic         clk,
     input  wire logic         rst,
 
-    input  wire logic [7:0]   s_axi_awaddr,
+    /* verilator lint_off UNUSEDSIGNAL */  // word addressed: bits 1:0 ignored
+    input  wire logic [adam_regmap_pkg::ADDR_BITS-1:0] s_axi_awaddr,
     input  wire logic         s_axi_awvalid,
     output      logic         s_axi_awready,
     input  wire logic [31:0]  s_axi_wdata,
@@ -25,7 +26,8 @@ module adam_ctrl_s_axi (
     output      logic [1:0]   s_axi_bresp,
     output      logic         s_axi_bvalid,
     input  wire logic         s_axi_bready,
-    input  wire logic [7:0]   s_axi_araddr,
+    input  wire logic [adam_regmap_pkg::ADDR_BITS-1:0] s_axi_araddr,
+    /* verilator lint_on UNUSEDSIGNAL */
     input  wire logic         s_axi_arvalid,
     output      logic         s_axi_arready,
     output      logic [31:0]  s_axi_rdata,
@@ -73,8 +75,9 @@ module adam_ctrl_s_axi (
     wmask = r;
   endfunction
 
-  wire logic [7:0] waddr = {s_axi_awaddr[7:2], 2'b00};
-  wire logic [7:0] raddr = {s_axi_araddr[7:2], 2'b00};
+  localparam int AW = adam_regmap_pkg::ADDR_BITS;
+  wire logic [AW-1:0] waddr = {s_axi_awaddr[AW-1:2], 2'b00};
+  wire logic [AW-1:0] raddr = {s_axi_araddr[AW-1:2], 2'b00};
   wire logic w_hs = s_axi_awvalid && s_axi_wvalid && !s_axi_awready && (!s_axi_bvalid || s_axi_bready);
   wire logic r_hs = s_axi_arvalid && !s_axi_arready && (!s_axi_rvalid || s_axi_rready);
 

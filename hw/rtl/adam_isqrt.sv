@@ -21,7 +21,9 @@ module adam_isqrt #(
 
   for (genvar i = 0; i < RW; i++) begin : g_stage
     wire logic [2*RW-1:0] x_in = (i == 0) ? x : x_s[(i == 0) ? 0 : i-1];
+    /* verilator lint_off UNUSEDSIGNAL */  // remainder < 2**(RW+1)
     wire logic [REM_W-1:0] rem_in = (i == 0) ? '0 : rem_s[(i == 0) ? 0 : i-1];
+    /* verilator lint_on UNUSEDSIGNAL */
     wire logic [RW-1:0] root_in = (i == 0) ? '0 : root_s[(i == 0) ? 0 : i-1];
     wire logic [REM_W-1:0] cur = {rem_in[REM_W-3:0], x_in[2*(RW-1-i) +: 2]};
     wire logic [REM_W-1:0] trial = {1'b0, root_in, 2'b01};

@@ -12,7 +12,9 @@ module hetadam_adam #(
 ) (
     input  wire logic         ap_clk,
     input  wire logic         ap_rst_n,
+    /* verilator lint_off SYMRSVDWORD */  // the Vitis HLS port name
     output      logic         interrupt,
+    /* verilator lint_on SYMRSVDWORD */
 
     // AXI4-Lite slave: control
     input  wire logic [7:0]   s_axi_control_AWADDR,
@@ -85,6 +87,7 @@ module hetadam_adam #(
     output      logic [3:0]          m_axi_gmem_g_AWQOS,
     output      logic [3:0]          m_axi_gmem_g_AWREGION,
     output      logic                m_axi_gmem_g_AWVALID,
+    /* verilator lint_off UNUSEDSIGNAL */  // g is read only
     input  wire logic                m_axi_gmem_g_AWREADY,
     output      logic [16*LANES-1:0]   m_axi_gmem_g_WDATA,
     output      logic [16*LANES/8-1:0] m_axi_gmem_g_WSTRB,
@@ -94,6 +97,7 @@ module hetadam_adam #(
     input  wire logic [0:0]          m_axi_gmem_g_BID,
     input  wire logic [1:0]          m_axi_gmem_g_BRESP,
     input  wire logic                m_axi_gmem_g_BVALID,
+    /* verilator lint_on UNUSEDSIGNAL */
     output      logic                m_axi_gmem_g_BREADY,
     output      logic [0:0]          m_axi_gmem_g_ARID,
     output      logic [63:0]         m_axi_gmem_g_ARADDR,
@@ -278,7 +282,7 @@ module hetadam_adam #(
       nblk <= ({1'b0, r_n} + 33'd31) >> 5;
       for (int l = 0; l < LANES; l++) begin
         // lanes of the last beat that hold elements
-        last_strb_32[4*l +: 4] <= (LANE_LOG2 == 0 || l <= int'((r_n - 32'd1) & 32'(LANES - 1))) ? 4'hF : 4'h0;
+        last_strb_32[4*l +: 4] <= (LANE_LOG2 == 0 || 32'(l) <= ((r_n - 32'd1) & 32'(LANES - 1))) ? 4'hF : 4'h0;
       end
     end
     if (rst) begin
@@ -474,7 +478,7 @@ module hetadam_adam #(
 
   adam_axi_wr #(.DATA_W(32), .BURST_LOG2(EX_BURST_LOG2), .CNT_W(EX_DEPTH_LOG2 + 1)) u_wr_ex (
       .clk(ap_clk), .rst(rst), .start(go), .base(r_ex), .beats(nblk),
-      .last_strb('1), .busy(ex_wr_busy),
+      .last_strb(4'hF), .busy(ex_wr_busy),
       .in_data(ex_wr_data), .in_valid(ex_wr_valid), .in_ready(ex_wr_ready), .in_count(ex_wr_count),
       .m_axi_awid(m_axi_gmem_ex_AWID),
       .m_axi_awaddr(m_axi_gmem_ex_AWADDR),
