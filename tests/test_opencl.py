@@ -37,15 +37,19 @@ def _devices() -> list[tuple[int, int, str]]:
 
 
 DEVICES = _devices()
-_BACKENDS: dict[tuple[int, int, bool | None, int], opencl.OpenCLBackend] = {}
+_BACKENDS: dict[tuple[int, int, bool | None, int, bool], opencl.OpenCLBackend] = {}
 
 
-def backend_for(where: tuple[int, int, str], fp64: bool | None = None, chunk: int = 1000) -> opencl.OpenCLBackend:
+def backend_for(
+    where: tuple[int, int, str], fp64: bool | None = None, chunk: int = 1000, fp32_fma: bool = True
+) -> opencl.OpenCLBackend:
     """One backend per device and option, shared by the tests of a process.
     A small staging chunk so that every test streams several chunks."""
-    key = (where[0], where[1], fp64, chunk)
+    key = (where[0], where[1], fp64, chunk, fp32_fma)
     if key not in _BACKENDS:
-        _BACKENDS[key] = opencl.OpenCLBackend(platform=where[0], device=where[1], chunk=chunk, fp64=fp64)
+        _BACKENDS[key] = opencl.OpenCLBackend(
+            platform=where[0], device=where[1], chunk=chunk, fp64=fp64, fp32_fma=fp32_fma
+        )
     return _BACKENDS[key]
 
 
@@ -220,7 +224,12 @@ OPTIONS = [
 
 
 def _fp32_run(
-    device: tuple[int, int, str], options: dict, steps: int, transactional: bool = False, block: int = 32
+    device: tuple[int, int, str],
+    options: dict,
+    steps: int,
+    transactional: bool = False,
+    block: int = 32,
+    fp32_fma: bool = True,
 ) -> tuple[list[torch.Tensor], dict, list[torch.Tensor], torch.optim.Optimizer, torch.optim.Optimizer]:
     """The same steps through an opencl fp32 shard, torch's fused Adam and torch's
     default Adam; several parameters, one of them without a gradient at times."""
@@ -234,7 +243,7 @@ def _fp32_run(
     kw = {k: v for k, v in options.items() if k != "decoupled_weight_decay"}
     fused = cls(fused_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, fused=True, **kw)
     plain = cls(plain_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, **kw)
-    shard = backend_for(device).create_shard(0, _flat_size(init, block), "fp32", DEFAULT)
+    shard = backend_for(device, fp32_fma=fp32_fma).create_shard(0, _flat_size(init, block), "fp32", DEFAULT)
     flat = np.zeros(shard.n, np.float32)
     for seg in _segments(ours, ours, block):
         flat[seg.offset : seg.offset + seg.param.numel()] = seg.param.numpy()
@@ -300,6 +309,14 @@ def _check_fp32_against_torch(device: tuple[int, int, str], options: dict, block
             torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-9)
     for p, q in zip(ours, plain.param_groups[0]["params"], strict=True):
         torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", OPTIONS[::5], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_fp32_without_fma_is_close_to_torch(device: tuple[int, int, str], options: dict) -> None:
+    ours, _, fused_ps, _, plain = _fp32_run(device, options, steps=6, fp32_fma=False)
+    for p, q, r in zip(ours, fused_ps, plain.param_groups[0]["params"], strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p, r.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_fp32_transactional_steps_equal_in_place_steps(device: tuple[int, int, str]) -> None:
@@ -392,8 +409,8 @@ def test_missing_pyopencl_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -
 def test_bench_reports_every_numerics_and_mode() -> None:
     rows = opencl.bench_opencl(sizes=(4096,), seconds=0.0)
     assert {(r["numerics"], r["mode"]) for r in rows} == {
-        ("fp32", "resident"), ("fp32", "step"), ("fixed", "resident"), ("fixed", "step")
-    }  # fmt: skip
+        (numerics, mode) for numerics in ("fp32", "fp32-nofma", "fixed") for mode in ("resident", "step")
+    }
     assert all(r["gparam_s"] > 0 and r["ratio"] > 0 for r in rows)
 
 

@@ -29,6 +29,7 @@
  *
  * Build options (-D):
  *   HETADAM_VEC=n          floats per fp32 work-item: 1, 2, 4, 8 or 16 (default 8)
+ *   HETADAM_NO_FMA         fp32 without fused multiply-adds (see ADAM_FMA)
  *   HETADAM_FP64           the device has cl_khr_fp64: the fixed kernel takes the
  *                          integer square root and quotient from correctly rounded
  *                          double sqrt and division (exact for its operand ranges,
@@ -83,6 +84,15 @@ typedef HETADAM_CAT(float, HETADAM_VEC) floatv;
 #define LOADV(i, p) (((__global const floatv *)(p))[i])
 #define STOREV(x, i, p) (((__global floatv *)(p))[i] = (x))
 
+/* torch's compiled kernel fuses these multiply-adds; HETADAM_NO_FMA rounds
+ * product and sum apart (still float32 Adam, no longer bit-identical with
+ * torch's fused kernel; faster where fma is a library call, as on PoCL). */
+#ifdef HETADAM_NO_FMA
+#define ADAM_FMA(a, b, c) ((a) * (b) + (c))
+#else
+#define ADAM_FMA(a, b, c) fma(a, b, c)
+#endif
+
 #define ADAM_MAXIMIZE 1
 #define ADAM_COUPLED_DECAY 2   /* Adam: grad += weight_decay * param */
 #define ADAM_DECOUPLED_DECAY 4 /* AdamW: param *= 1 - lr * weight_decay */
@@ -114,13 +124,13 @@ HETADAM_KERNEL void hetadam_adam_fp32(
     if (flags & ADAM_MAXIMIZE)
       gr = -gr;
     if (flags & ADAM_COUPLED_DECAY)
-      gr = fma(p, (floatv)wd, gr);
+      gr = ADAM_FMA(p, (floatv)wd, gr);
     if (flags & ADAM_DECOUPLED_DECAY)
       p = p * p_scale;
     /* exp_avg.lerp_(grad, 1 - beta1), as ATen's vectorised lerp */
     const floatv d = gr - m;
-    m = fabs(lerp_w) < 0.5f ? fma((floatv)lerp_w, d, m) : fma((floatv)(lerp_w - 1.0f), d, gr);
-    v = fma(sq_w * gr, gr, v * beta2);
+    m = fabs(lerp_w) < 0.5f ? ADAM_FMA((floatv)lerp_w, d, m) : ADAM_FMA((floatv)(lerp_w - 1.0f), d, gr);
+    v = ADAM_FMA(sq_w * gr, gr, v * beta2);
     floatv vd = v;
     if (flags & ADAM_AMSGRAD) {
       vd = fmax(LOADV(u, vmax_in + base), v);

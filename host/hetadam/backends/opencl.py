@@ -57,7 +57,7 @@ ENV_DEVICE = "HETADAM_OPENCL_DEVICE"
 VEC = 8
 """Floats per work-item of the fp32 kernel (HETADAM_VEC)."""
 WORK_GROUP = 64
-FP32_OPTIONS = (f"-DHETADAM_VEC={VEC}", "-cl-fp32-correctly-rounded-divide-sqrt")
+FP32_OPTIONS = ("-cl-fp32-correctly-rounded-divide-sqrt",)
 CHUNK = 1 << 20
 """Elements per staging chunk."""
 
@@ -360,11 +360,13 @@ class OpenCLFp32Shard(Shard):
     that need not be undone (the shard is not `transactional`) updates the
     committed buffers in place, as torch does."""
 
-    def __init__(self, dev: _Device, start: int, n: int, chunk: int = CHUNK) -> None:
+    def __init__(self, dev: _Device, start: int, n: int, chunk: int = CHUNK, fma: bool = True) -> None:
         super().__init__(start, n)
         self.dev = dev
         self.kernels = {}  # floats per work-item -> kernel: VEC for whole vectors, 1 for the ends
-        for width, options in ((VEC, FP32_OPTIONS), (1, ("-DHETADAM_VEC=1", *FP32_OPTIONS[1:]))):
+        extra = () if fma else ("-DHETADAM_NO_FMA",)
+        for width in (VEC, 1):
+            options = (f"-DHETADAM_VEC={width}", *FP32_OPTIONS, *extra)
             kernel = cl.Kernel(program(dev.context, options), "hetadam_adam_fp32")
             kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 3 + [np.float32] * 8 + [np.int32])
             self.kernels[width] = kernel
@@ -509,7 +511,10 @@ class OpenCLBackend(Backend):
     """platform, device: see select_device. chunk: elements per staging chunk.
     fp64: compute the fixed kernel's square roots and quotients in double
     precision (None: when the device has cl_khr_fp64; False: integer only, as
-    on an FPGA)."""
+    on an FPGA). fp32_fma: fp32 with fused multiply-adds where torch's fused
+    kernel has them, bit-identical with it and the cpu backend (False: product
+    and sum rounded apart, within float32 rounding of torch and faster where
+    the device has no fast fma, as PoCL)."""
 
     name = "opencl"
     numerics = ("fp32", "fixed")
@@ -520,6 +525,7 @@ class OpenCLBackend(Backend):
         device: str | int | None = None,
         chunk: int = CHUNK,
         fp64: bool | None = None,
+        fp32_fma: bool = True,
     ) -> None:
         if cl is None:
             self.availability().raise_if_unusable(self.name)
@@ -528,6 +534,7 @@ class OpenCLBackend(Backend):
         except LookupError as exc:
             raise BackendUnavailable(f"backend 'opencl' is not usable here: {exc}") from exc
         self.chunk = chunk
+        self.fp32_fma = fp32_fma
 
     @property
     def device_name(self) -> str:
@@ -551,7 +558,7 @@ class OpenCLBackend(Backend):
 
     def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat = DEFAULT) -> Shard:
         if numerics == "fp32":
-            return OpenCLFp32Shard(self.dev, start, n, self.chunk)
+            return OpenCLFp32Shard(self.dev, start, n, self.chunk, self.fp32_fma)
         if numerics == "fixed":
             return FixedShard(start, n, OpenCLFixedKernel(self.dev, n, fmt, self.chunk), fmt)
         raise ValueError(f"backend 'opencl' has no numerics {numerics!r}: choose one of {', '.join(self.numerics)}")
@@ -581,11 +588,11 @@ def bench_opencl(
     sizes: tuple[int, ...] = (1 << 20, 1 << 24), seconds: float = 3.0, backend: OpenCLBackend | None = None
 ) -> list[dict[str, object]]:
     """Gparam/s of the opencl backend and of torch.optim.Adam(fused=True), timed
-    in turn in the same run, for each size and numerics. `resident`: the kernel
-    alone on device-resident state, the gradient already on the device. `step`:
-    a whole shard step and commit (gradients in through the staging buffers,
-    parameters out into the torch tensors, and for fixed the host-side gradient
-    quantisation)."""
+    in turn in the same run, for each size and numerics (`fp32`, `fp32-nofma`:
+    fp32_fma=False, `fixed`). `resident`: the kernel alone on device-resident
+    state, the gradient already on the device. `step`: a whole shard step and
+    commit (gradients in through the staging buffers, parameters out into the
+    torch tensors, and for fixed the host-side gradient quantisation)."""
     be = backend or OpenCLBackend()
     out: list[dict[str, object]] = []
     hyper = StepHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=10)
@@ -597,23 +604,25 @@ def bench_opencl(
         ref.grad = grad.clone()
         opt = torch.optim.Adam([ref], lr=1e-3, fused=True)
         fns: dict[str, Callable[[], object]] = {"torch": opt.step}
-        shards: list[Shard] = []
-        for numerics in ("fp32", "fixed"):
-            shard = be.create_shard(0, n, numerics, DEFAULT)
+        shards: dict[str, Shard] = {
+            "fp32": OpenCLFp32Shard(be.dev, 0, n, be.chunk, fma=True),
+            "fp32-nofma": OpenCLFp32Shard(be.dev, 0, n, be.chunk, fma=False),
+            "fixed": be.create_shard(0, n, "fixed", DEFAULT),
+        }
+        for name, shard in shards.items():
             p = params.clone()
             shard.import_state({}, p.numpy())
-            shards.append(shard)
             if isinstance(shard, OpenCLFp32Shard):
                 g_dev = be.dev.buffer(4 * n, grad.numpy())
-                fns["fp32 resident"] = partial(lambda s, g, sc, n: cl.wait_for_events(s.launch(g, 0, 0, n, sc)),
-                                               shard, g_dev, Fp32Scalars.of(hyper), n)  # fmt: skip
+                fns[f"{name} resident"] = partial(lambda s, g, sc, n: cl.wait_for_events(s.launch(g, 0, 0, n, sc)),
+                                                  shard, g_dev, Fp32Scalars.of(hyper), n)  # fmt: skip
             else:
                 G, eg = quantize_grad_fast(grad.numpy())
                 bufs = (be.dev.buffer(2 * n, G), be.dev.buffer(eg.size, eg), be.dev.buffer(4 * eg.size))
-                fns["fixed resident"] = partial(lambda k, b, sc, nb: k.launch(*b, 0, nb, sc, 0).wait(),
-                                                shard.kernel, bufs, shard.scalars(hyper), eg.size)  # fmt: skip
-            fns[f"{numerics} step"] = partial(lambda s, seg: (s.step(seg, hyper), s.commit()), shard,
-                                              [Segment(0, p, grad)])  # fmt: skip
+                fns[f"{name} resident"] = partial(lambda k, b, sc, nb: k.launch(*b, 0, nb, sc, 0).wait(),
+                                                  shard.kernel, bufs, shard.scalars(hyper), eg.size)  # fmt: skip
+            fns[f"{name} step"] = partial(lambda s, seg: (s.step(seg, hyper), s.commit()), shard,
+                                          [Segment(0, p, grad)])  # fmt: skip
         best = _best_times(fns, seconds)
         fused = n / best.pop("torch") / 1e9
         for name, t in best.items():
@@ -621,6 +630,6 @@ def bench_opencl(
             rate = n / t / 1e9
             out.append({"n": n, "numerics": numerics, "mode": mode, "gparam_s": rate, "torch_fused_gparam_s": fused,
                         "ratio": rate / fused, "device": be.device_name})  # fmt: skip
-        for shard in shards:
+        for shard in shards.values():
             shard.close()
     return out
