@@ -44,6 +44,12 @@ def _align(x: int, up: int, d: int) -> int:
 
 
 @numba.njit(inline="always")
+def _half(d: int) -> int:
+    """The rounding half of rshr(x, d): 2**(d-1), or 0 when d = 0."""
+    return (1 << (d - 1)) if d > 0 else 0
+
+
+@numba.njit(inline="always")
 def _round(x: int, k: int, stochastic: bool, u: int) -> int:
     if k == 0:
         return x
@@ -61,15 +67,6 @@ def _xorshift(x: int) -> int:
     return x ^ ((x << 5) & MASK32)
 
 
-@numba.njit(inline="always")
-def _bit_length(x: int) -> int:
-    n = 0
-    while x:
-        x >>= 1
-        n += 1
-    return n
-
-
 @numba.njit(parallel=True, cache=True)
 def _step_kernel(P, G, eg, M, em, S, es, P_out, M_out, em_out, S_out, es_out, fmt_v, sc_v, idx0):
     block, g_mag, m_mag, s_bits, p_max, m_max, s_max = fmt_v
@@ -80,85 +77,92 @@ def _step_kernel(P, G, eg, M, em, S, es, P_out, M_out, em_out, S_out, es_out, fm
     n_chunks = (nb + _CHUNK_BLOCKS - 1) // _CHUNK_BLOCKS
     sat = np.zeros(n_chunks, np.int64)
     one = 1 << COEF_FRAC
+    m_shift = COEF_FRAC - EXTRA_FRAC
+    m_half = 1 << (m_shift - 1)
+    a_half = 1 << (alpha_sh - 1)
     for c in numba.prange(n_chunks):
-        m_tmp = np.empty(block, np.int64)
-        s_tmp = np.empty(block, np.int64)
-        um_tmp = np.empty(block, np.int64)
-        us_tmp = np.empty(block, np.int64)
+        m_new = np.empty(block, np.int64)
+        s_new = np.empty(block, np.int64)
+        step = np.empty(block, np.int64)
+        clamped = np.empty(block, np.bool_)
         sat_c = 0
         for b in range(c * _CHUNK_BLOCKS, min((c + 1) * _CHUNK_BLOCKS, nb)):
             lo = b * block
-            hi = min(lo + block, n)
+            count = min(lo + block, n) - lo
             e_g, e_m, e_s = np.int64(eg[b]), np.int64(em[b]), np.int64(es[b])
             ew = max(max(e_g, e_m), max(e_s, eps_e))
             ew_eps = _align(eps_m, WORK_FRAC - EPS_BITS, ew - eps_e) << EXTRA_FRAC
-            d_g, d_m, d_s = ew - e_g, ew - e_m, ew - e_s
-            m_peak = 0
-            s_peak = 0
-            for j in range(hi - lo):
-                i = lo + j
-                gw = _align(np.int64(G[i]), WORK_FRAC - g_mag, d_g)
-                mw = _align(np.int64(M[i]), WORK_FRAC - m_mag, d_m)
-                sw = _align(np.int64(S[i]), WORK_FRAC - s_bits, d_s)
-                acc = beta1 * mw + (one - beta1) * gw
-                m_new = (acc + (1 << (COEF_FRAC - EXTRA_FRAC - 1))) >> (COEF_FRAC - EXTRA_FRAC)
+            # Per block: the alignment shifts and their rounding halves (rshr).
+            d_g, d_m, d_s = min(ew - e_g, 31), min(ew - e_m, 31), min(ew - e_s, 31)
+            h_g, h_m, h_s = _half(d_g), _half(d_m), _half(d_s)
+            up_g, up_m, up_s = WORK_FRAC - g_mag, WORK_FRAC - m_mag, WORK_FRAC - s_bits
+            # Short loops over few arrays, free of branches, so that they vectorise.
+            for j in range(count):
+                gw = ((np.int64(G[lo + j]) << up_g) + h_g) >> d_g
+                mw = ((np.int64(M[lo + j]) << up_m) + h_m) >> d_m
+                m_new[j] = (beta1 * mw + (one - beta1) * gw + m_half) >> m_shift
+            for j in range(count):
+                gw = ((np.int64(G[lo + j]) << up_g) + h_g) >> d_g
+                sw = ((np.int64(S[lo + j]) << up_s) + h_s) >> d_s
                 v = beta2 * sw * sw + (one - beta2) * gw * gw
-                s_new = np.int64(math.sqrt(np.float64(v)))
-                if s_new * s_new > v:
-                    s_new -= 1
-                denom = s_new + ew_eps
-                m_abs = abs(m_new)
-                clamped = False
-                if m_abs == 0:
-                    ratio = 0
-                elif denom == 0:
-                    ratio = ratio_max
-                    clamped = True
-                else:
-                    ratio = np.int64(math.floor(np.float64(m_abs << RATIO_FRAC) / np.float64(denom)))
-                    if ratio > ratio_max:
-                        ratio = ratio_max
-                        clamped = True
-                if m_new < 0:
-                    ratio = -ratio
-                u_p = 0
-                if stochastic:
-                    x = np.int64(seed) ^ (((idx0 + i) * INDEX_MUL) & MASK32)
-                    u_p = _xorshift(x)
-                    u_m = _xorshift(u_p)
-                    um_tmp[j] = u_m
-                    us_tmp[j] = _xorshift(u_m)
-                p = np.int64(P[i])
-                decay = (p * lwd + (1 << 31)) >> 32
-                p_new = p - decay - _round(alpha_m * ratio, alpha_sh, stochastic, u_p)
-                if p_new > p_max or p_new < -p_max:
-                    p_new = min(max(p_new, -p_max), p_max)
-                    clamped = True
-                sat_c += clamped
-                P_out[i] = p_new
-                m_tmp[j] = m_new
-                s_tmp[j] = s_new
-                m_peak = max(m_peak, m_abs)
-                s_peak = max(s_peak, s_new)
-            em_out[b] = _store(m_tmp, hi - lo, m_peak, ew, m_mag, m_max, -m_max, stochastic, um_tmp, M_out, lo)
-            es_out[b] = _store(s_tmp, hi - lo, s_peak, ew, s_bits, s_max, 0, stochastic, us_tmp, S_out, lo)
+                r = int(math.sqrt(float(v)))  # int(): np.int64(float) is a slow checked path
+                s_new[j] = r - (r * r > v)
+            for j in range(count):
+                m = m_new[j]
+                m_abs = abs(m)
+                denom = s_new[j] + ew_eps
+                quot = int(float(m_abs << RATIO_FRAC) / float(max(denom, 1)))  # positive: truncation is the floor
+                over = (denom == 0) | (quot > ratio_max)
+                quot = ratio_max if over else quot
+                quot = 0 if m_abs == 0 else quot
+                step[j] = alpha_m * (-quot if m < 0 else quot)
+                clamped[j] = over & (m_abs != 0)
+            if stochastic:
+                for j in range(count):
+                    u = _xorshift(seed ^ (((idx0 + lo + j) * INDEX_MUL) & MASK32))
+                    step[j] = _round(step[j], alpha_sh, True, u)
+            else:
+                for j in range(count):
+                    step[j] = (step[j] + a_half - 1 + ((step[j] >> alpha_sh) & 1)) >> alpha_sh
+            for j in range(count):
+                p = np.int64(P[lo + j])
+                p_new = p - ((p * lwd + (1 << 31)) >> 32) - step[j]
+                p_sat = min(max(p_new, -p_max), p_max)
+                sat_c += clamped[j] | (p_sat != p_new)
+                P_out[lo + j] = p_sat
+            em_out[b] = _store(m_new, count, ew, m_mag, m_max, -m_max, stochastic, seed, idx0 + lo, 2, M_out, lo)
+            es_out[b] = _store(s_new, count, ew, s_bits, s_max, 0, stochastic, seed, idx0 + lo, 3, S_out, lo)
         sat[c] = sat_c
     return sat.sum()
 
 
 @numba.njit(inline="always")
-def _store(x, count, peak, ew, mag, hi_lim, lo_lim, stochastic, u, out, lo):
-    length = _bit_length(peak)
-    if length == 0:
+def _store(x, count, ew, mag, hi_lim, lo_lim, stochastic, seed, index0, clocks, out, lo):
+    """Step 7 of the spec for one block: quantise x[:count] with the exponent of its peak.
+    With stochastic rounding the bits are the element's LFSR after `clocks` clocks."""
+    peak = 0
+    for j in range(count):
+        peak = max(peak, abs(x[j]))
+    if peak == 0:
         for j in range(count):
             out[lo + j] = 0
         return EXP_ZERO
-    for j in range(count):
-        if length <= mag:
-            v = x[j] << (mag - length)
+    length = math.frexp(float(peak))[1]  # bit length: peak < 2**53
+    if length <= mag:
+        for j in range(count):
+            out[lo + j] = x[j] << (mag - length)
+    else:
+        k = length - mag
+        if stochastic:
+            for j in range(count):
+                u = seed ^ (((index0 + j) * INDEX_MUL) & MASK32)
+                for _ in range(clocks):
+                    u = _xorshift(u)
+                out[lo + j] = min(max(_round(x[j], k, True, u), lo_lim), hi_lim)
         else:
-            v = _round(x[j], length - mag, stochastic, u[j])
-        out[lo + j] = min(max(v, lo_lim), hi_lim)
+            half = (1 << (k - 1)) - 1
+            for j in range(count):
+                out[lo + j] = min(max((x[j] + half + ((x[j] >> k) & 1)) >> k, lo_lim), hi_lim)
     return ew - WORK_FRAC - EXTRA_FRAC + length
 
 
