@@ -116,7 +116,8 @@ def test_measured_timings_resize_the_shares(faulty) -> None:
     ps = params()
     opt = HetAdam(ps, numerics="fixed", backend=["cpu", "faulty"], rebalance_every=5)
     part = opt._partitions[0]
-    part._seconds = [[1.0, 4.0]] * 4  # as if 'faulty' ran four times slower per element
+    n_cpu, n_faulty = (s.n for s in part.shards)
+    part._seconds = [[n_cpu * 1e-9, n_faulty * 4e-9]] * 4  # as if 'faulty' ran four times slower per element
     opt._rebalance()
     sizes = [s.n for s in opt._partitions[0].shards]
     assert sizes[0] > 3 * sizes[1]
