@@ -14,7 +14,7 @@ import pytest
 import torch
 from hetadam import HetAdam
 from hetadam.backends import cpu
-from hetadam.backends.base import BackendUnavailable, Segment, StepHyper
+from hetadam.backends.base import BackendError, BackendUnavailable, Segment, StepHyper
 from hetadam.numerics import DEFAULT, FixedState, adam_step, encode_step, golden
 from hetadam.numerics.convert import quantize_grad, unpack_ex
 from hetadam.numerics.formats import n_blocks
@@ -355,6 +355,33 @@ def test_fp32_discard_leaves_everything_as_it_was(device: tuple[int, int, str]) 
         s.step([Segment(0, x, g)], _hyper(2, amsgrad=True))
         s.commit()
     assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("numerics", ["fp32", "fixed"])
+def test_a_failing_device_raises_backend_error_and_changes_nothing(
+    device: tuple[int, int, str], numerics: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = torch.Generator().manual_seed(6)
+    p = torch.randn(2048, generator=gen)
+    shard = backend_for(device).create_shard(0, 2048, numerics, DEFAULT)
+    shard.import_state({}, p.numpy())
+    shard.transactional = True
+    before, p_before = shard.export_state(), p.clone()
+    kernel = shard if numerics == "fp32" else shard.kernel
+    calls = []
+
+    def failing(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise opencl.cl.RuntimeError("clEnqueueNDRangeKernel failed: OUT_OF_RESOURCES")
+
+    monkeypatch.setattr(kernel, "launch", failing)
+    with pytest.raises(BackendError, match="OUT_OF_RESOURCES"):
+        shard.step([Segment(0, p, torch.randn(2048, generator=gen))], _hyper(1))
+    assert calls
+    shard.discard()
+    assert torch.equal(p, p_before)
+    for key, value in shard.export_state().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
 def test_empty_shards(device: tuple[int, int, str]) -> None:

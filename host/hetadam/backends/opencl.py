@@ -22,8 +22,9 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ CHUNK = 1 << 20
 """Elements per staging chunk."""
 
 _PROGRAMS: dict[tuple[object, str], object] = {}
+T = TypeVar("T")
 
 
 def _matches(spec: str | int, index: int, names: tuple[str, ...]) -> bool:
@@ -173,11 +175,20 @@ class _Device:
         return host
 
 
-def _checked(what: str, fn: Callable[[], object]) -> object:
-    try:
-        return fn()
-    except cl.Error as exc:
-        raise BackendError(f"opencl: {what} failed: {exc}") from exc
+def _backend_errors(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """OpenCL errors of a step as BackendError: the step was not applied."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @wraps(fn)
+        def run(*args: object, **kwargs: object) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except cl.Error as exc:
+                raise BackendError(f"opencl: {what} failed: {exc}") from exc
+
+        return run
+
+    return wrap
 
 
 # ---- fixed ---------------------------------------------------------------------------------------
@@ -243,6 +254,7 @@ class OpenCLFixedKernel(FixedKernel):
             wait_for=wait_for,
         )  # fmt: skip
 
+    @_backend_errors("the fixed step")
     def run(self, G: np.ndarray, eg: np.ndarray, sc: StepScalars, idx0: int) -> int:
         B = self.fmt.block
         sat = np.zeros(self.nb, np.int32)
@@ -263,7 +275,7 @@ class OpenCLFixedKernel(FixedKernel):
             done = self.launch(d_g, d_eg, d_sat, b0, b1 - b0, sc, idx0, copies)
             read = cl.enqueue_copy(self.dev.compute, sat[b0:b1], d_sat, wait_for=[done], is_blocking=False)
             self.slots.release(k, read)
-        _checked("the fixed step", self.dev.compute.finish)
+        self.dev.compute.finish()
         self.slots.drain()
         self.has_pending = True
         return int(sat.sum())
@@ -415,6 +427,7 @@ class OpenCLFp32Shard(Shard):
             )  # fmt: skip
         return events
 
+    @_backend_errors("the fp32 step")
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
         if hyper.amsgrad:
             self._ensure_amsgrad()
@@ -431,7 +444,7 @@ class OpenCLFp32Shard(Shard):
             for bufs in self.bufs.values():
                 cl.enqueue_copy(self.dev.compute, bufs[self.cur ^ 1], bufs[self.cur], byte_count=4 * (hi - lo),
                                 src_offset=4 * lo, dst_offset=4 * lo)  # fmt: skip
-        _checked("the fp32 step", self.dev.compute.finish)
+        self.dev.compute.finish()
         self.slots.drain()
         self.has_pending = True
         return 0
