@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 MODELS = ("mlp", "cnn")
+WARMUP_STEPS = 2
+"""Steps left out of the step timing."""
 
 
 @dataclass
@@ -141,7 +143,8 @@ def train_run(
                 loss.backward()
                 t0 = time.perf_counter()
                 opt.step()
-                step_time += time.perf_counter() - t0
+                if result.steps >= WARMUP_STEPS:  # the first steps compile and allocate
+                    step_time += time.perf_counter() - t0
                 result.losses.append(float(loss.detach()))
                 result.steps += 1
                 result.saturated += int(getattr(opt, "saturated", 0))
@@ -153,7 +156,7 @@ def train_run(
         close = getattr(opt, "close", None)
         if close is not None:
             close()
-    result.step_seconds = step_time / max(result.steps, 1)
+    result.step_seconds = step_time / max(result.steps - WARMUP_STEPS, 1)
     result.accuracy = accuracy(net, data.x_test, data.y_test)
     with torch.no_grad():
         result.final_loss = float(torch.nn.functional.cross_entropy(net(data.x_test), data.y_test))
