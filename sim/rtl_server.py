@@ -13,10 +13,14 @@ test of the RTL, it is the RTL as a device.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import socket
+import sys
 import time
+import types
 import warnings
 
 import cocotb
@@ -24,8 +28,22 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 from cocotbext.axi.sparse_memory import SparseMemory
-from hetadam import regmap
-from hetadam.driver import sim as wire
+
+
+def import_light(name: str) -> types.ModuleType:
+    """A hetadam submodule, imported without hetadam/__init__ (which imports the
+    optimizer, hence torch and numba: 20 s in the simulator's embedded Python);
+    the register map and the wire protocol need NumPy at most."""
+    if "hetadam" not in sys.modules:
+        spec = importlib.util.find_spec("hetadam")
+        package = types.ModuleType("hetadam")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["hetadam"] = package
+    return importlib.import_module(name)
+
+
+regmap = import_light("hetadam.regmap")
+wire = import_light("hetadam.driver.sim")
 
 CLOCK_NS = 4
 IRQ_POLL_CYCLES = 64
