@@ -9,10 +9,13 @@ order. Without either, the first GPU wins, else the first device.
 
 The optimizer state lives in device buffers for the life of a shard, twice
 over (committed and pending), so that a step can be committed or discarded
-by swapping. A step streams the gradients in through two pinned staging
-buffers (`mem_flags.ALLOC_HOST_PTR`, mapped once): the copy of chunk k+1 runs
-on a transfer queue while the kernel of chunk k runs on the compute queue.
-Programs are built once per context and build options.
+by swapping; an fp32 step that need not be undone (the shard is not
+`transactional`) updates in place. A step streams the gradients in through two
+pinned staging buffers (`mem_flags.ALLOC_HOST_PTR`, mapped once): the copy of
+chunk k+1 runs on a transfer queue while the kernel of chunk k runs on the
+compute queue; the parameters come back the same way. Programs are built once
+per context and build options. `bench_opencl` measures it against torch.
+See docs/opencl.md.
 """
 
 from __future__ import annotations
