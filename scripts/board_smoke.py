@@ -108,8 +108,14 @@ def check_driver(transport, n: int, chunk: int, steps: int, seed: int) -> dict:
         if not state.download().equals(ref) or sat != expect_sat:
             mismatches.append(step)
         saturated += sat
-    return {"steps": steps, "n": n, "chunk": chunk, "runs": driver.runs, "saturated": saturated,
-            "mismatches": mismatches}
+    return {
+        "steps": steps,
+        "n": n,
+        "chunk": chunk,
+        "runs": driver.runs,
+        "saturated": saturated,
+        "mismatches": mismatches,
+    }
 
 
 def check_backend(kind: str, package: Path, n: int, steps: int, seed: int) -> dict:

@@ -117,7 +117,24 @@ def ensure_built(root: Path) -> Path:
                 tail = log.read_text(errors="replace").strip().splitlines()[-20:] if log.exists() else []
                 raise BuildError(f"the Verilator build failed ({exc}); {log} ends:\n" + "\n".join(tail)) from exc
             stamp.touch()
+    prune_stale(base, keep=build_dir.name)
     return build_dir
+
+
+def prune_stale(base: Path, keep: str) -> None:
+    """Remove the models of earlier sources (150 MB each) that no process is building."""
+    for lock_path in base.glob("*.lock"):
+        key = lock_path.stem
+        if key == keep:
+            continue
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(base / key, ignore_errors=True)
+            (base / f"{key}.log").unlink(missing_ok=True)
+            lock_path.unlink(missing_ok=True)
 
 
 def tool_env() -> dict[str, str]:
