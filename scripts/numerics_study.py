@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
 from hetadam import HetAdam
 from hetadam.numerics import DEFAULT, FixedFormat
 from hetadam.train import load_digits, train_run

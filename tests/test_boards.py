@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from hetadam import regmap
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from hetadam import HetAdam, backends
 from hetadam.backends import hls_csim
 from hetadam.backends.base import Segment, StepHyper

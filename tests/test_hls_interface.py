@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import pytest
+
 from hetadam import regmap
 from hetadam.backends.hls_csim import HLS_DIR, find_compiler
 from hetadam.numerics import DEFAULT, formats, golden, lfsr

@@ -7,6 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hetadam.numerics import DEFAULT, FixedState, adam_step, encode_step, fast, golden
 from hetadam.numerics.convert import (
     dequantize_blocks,
@@ -25,8 +28,6 @@ from hetadam.numerics.fixed import isqrt, round_shift, rshr
 from hetadam.numerics.formats import EXP_ZERO, RATIO_FRAC, FixedFormat
 from hetadam.numerics.lfsr import element_random, step_seed, xorshift32
 from hetadam.numerics.scalars import encode_alpha, encode_eps, ratio_bound
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 B = DEFAULT.block
 

@@ -10,6 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+
 from hetadam import HetAdam, NonFiniteGradientError
 from hetadam.numerics import DEFAULT, FixedState, adam_step, encode_step
 from hetadam.numerics.convert import params_from_fixed, params_to_fixed, quantize_grad

@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+
 from hetadam import HetAdam, backends
 from hetadam.backends.base import BackendError, Segment, StepHyper
 from hetadam.backends.cpu import CpuBackend
