@@ -61,7 +61,6 @@ ENV_DEVICE = "HETADAM_OPENCL_DEVICE"
 VEC = 8
 """Floats per work-item of the fp32 kernel (HETADAM_VEC)."""
 WORK_GROUP = 64
-FP32_OPTIONS = ("-cl-fp32-correctly-rounded-divide-sqrt",)
 CHUNK = 1 << 20
 """Elements per staging chunk."""
 
@@ -161,6 +160,10 @@ class _Device:
         if fp64 and not has_fp64:
             raise ValueError(f"OpenCL device {device.name!r} has no cl_khr_fp64")
         self.fp64 = has_fp64 if fp64 is None else fp64
+        # IEEE division and square root where the device offers them as an option
+        # (without it OpenCL allows 2.5 and 3 ulp: no parity with torch)
+        rounded = device.single_fp_config & cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT
+        self.fp32_options = ("-cl-fp32-correctly-rounded-divide-sqrt",) if rounded else ()
 
     def buffer(self, nbytes: int, fill: np.ndarray | None = None) -> cl.Buffer:
         buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(nbytes, 4))
@@ -381,7 +384,7 @@ class OpenCLFp32Shard(Shard):
         self.kernels = {}  # floats per work-item -> kernel: VEC for whole vectors, 1 for the ends
         extra = () if fma else ("-DHETADAM_NO_FMA",)
         for width in (VEC, 1):
-            options = (f"-DHETADAM_VEC={width}", *FP32_OPTIONS, *extra)
+            options = (f"-DHETADAM_VEC={width}", *dev.fp32_options, *extra)
             kernel = cl.Kernel(program(dev.context, options), "hetadam_adam_fp32")
             kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 3 + [np.float32] * 8 + [np.int32])
             self.kernels[width] = kernel
