@@ -87,6 +87,7 @@ def transport_for(kind: str, package: Path):
 def check_driver(transport, n: int, chunk: int, steps: int, seed: int) -> dict:
     """Steps through the driver, each compared with the golden model."""
     import numpy as np
+
     from hetadam.driver import AdamDriver
     from hetadam.driver.state import ResidentState
     from hetadam.numerics import DEFAULT, adam_step, encode_step
@@ -122,6 +123,7 @@ def check_backend(kind: str, package: Path, n: int, steps: int, seed: int) -> di
     """A shard of the board's backend and a shard of the cpu backend, stepped alike."""
     import numpy as np
     import torch
+
     from hetadam.backends.base import FixedShard, Segment, StepHyper
     from hetadam.backends.cpu import CpuBackend
     from hetadam.driver import AdamDriver

@@ -8,7 +8,8 @@
    the smoke test (scripts/board_smoke.py) and manifest.json with the SHA-256
    of every file, in build/deploy/<board>/hetadam-<board>/;
 2. copy it to the board (rsync when both ends have it, else scp) into
-   --remote-dir, or with --target DIR into a local folder (no SSH at all);
+   --remote-dir/hetadam-<board>/, or with --target DIR into DIR/hetadam-<board>/
+   (no SSH at all); only that folder is replaced;
 3. run the smoke test there (it verifies the manifest first and refuses a
    corrupted package), optionally `pip install` the wheel (--install), and
    report the smoke test's JSON. Exit status: the smoke test's (0 ok, 1 a
@@ -100,7 +101,7 @@ class Remote:
         return done
 
     def copy(self, pkg: Path, remote_dir: str) -> str:
-        """Copy the package folder into remote_dir; returns the method used."""
+        """Make remote_dir (the package's own folder) a copy of the package; returns the method used."""
         self.run(f"mkdir -p {shlex.quote(remote_dir)}")
         has_rsync = shutil.which("rsync") and self.run("command -v rsync", check=False).returncode == 0
         if has_rsync:
@@ -140,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="ssh port")
     parser.add_argument("--identity", type=Path, help="ssh private key")
     parser.add_argument("--ssh-option", action="append", default=[], help="an ssh -o option (repeatable)")
-    parser.add_argument("--remote-dir", default="hetadam", help="folder on the board (relative to the login's home)")
+    parser.add_argument(
+        "--remote-dir", default="hetadam", help="folder on the board (relative to the login's home) for the package"
+    )
     parser.add_argument("--python", default=None, help=f"Python on the target (board default: {PYNQ_PYTHON!r})")
     parser.add_argument("--overlay-dir", type=Path, help="where hetadam.bit/.hwh are (default build/boards/BOARD)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "deploy", help="where packages are assembled")
@@ -168,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as exc:
             raise DeployError(f"{pkg} is not a package ({exc})") from exc
         smoke_args = ["--transport", args.transport, *(["--driver-only"] if args.driver_only else [])]
+        # the package lands in a folder of its own name, the only one replaced
         if args.target:
-            dest = args.target.resolve()
+            dest = args.target.resolve() / pkg.name
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(pkg, dest)
             python = args.python or shlex.quote(sys.executable)
@@ -178,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             where = str(dest)
         else:
             remote = Remote(args.host, args.port, args.identity, args.ssh_option)
-            method = remote.copy(pkg, args.remote_dir)
-            print(f"copied to {args.host}:{args.remote_dir} with {method}", file=sys.stderr)
-            command = smoke_command(args.python or PYNQ_PYTHON, args.remote_dir, smoke_args, args.install, wheel)
+            remote_dir = f"{args.remote_dir.rstrip('/')}/{pkg.name}"
+            method = remote.copy(pkg, remote_dir)
+            print(f"copied to {args.host}:{remote_dir} with {method}", file=sys.stderr)
+            command = smoke_command(args.python or PYNQ_PYTHON, remote_dir, smoke_args, args.install, wheel)
             done = remote.run(command, check=False)
-            where = f"{args.host}:{args.remote_dir}"
+            where = f"{args.host}:{remote_dir}"
     except DeployError as exc:
         print(f"deploy failed: {exc}", file=sys.stderr)
         return 2

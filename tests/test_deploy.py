@@ -77,17 +77,18 @@ def run_deploy(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict, st
 def test_local_target_dry_run_builds_the_wheel_and_checks_the_backend(
     overlay: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    target = tmp_path / "board"
     rc, report, err = run_deploy(
         capsys, "--board", "pynq-z2", "--overlay-dir", str(overlay), "--out", str(tmp_path / "out"),
-        "--target", str(target), "--transport", "fake",
+        "--target", str(tmp_path), "--transport", "fake",
     )  # fmt: skip
+    target = tmp_path / "hetadam-pynq-z2"
     assert rc == 0, err
     assert report["ok"] and report["board"] == "pynq-z2" and report["transport"] == "fake"
     assert report["driver"]["mismatches"] == [] and report["driver"]["runs"] == 4 * 3
     assert report["backend"]["mismatches"] == []
     assert Path(report["hetadam"]).is_relative_to(target / "site"), "the smoke test must use the shipped wheel"
     assert (target / "overlay" / "hetadam.bit").read_bytes() == (overlay / "hetadam.bit").read_bytes()
+    assert (tmp_path / "out" / "pynq-z2").is_dir(), "only the package's own folder in the target is replaced"
     assert "smoke test at" in err and "passed" in err
 
 
@@ -112,7 +113,7 @@ def test_corrupted_package_is_refused(
     assert not report["ok"]
     expect = "overlay/hetadam.bit does not match" if damage == "flip" else "overlay/hetadam.hwh is missing"
     assert expect in report["refused"]
-    assert not (tmp_path / "board" / "site").exists(), "nothing may be unpacked from a refused package"
+    assert not (tmp_path / "board" / "hetadam-pynq-z2" / "site").exists(), "nothing may be unpacked when refused"
 
 
 def test_smoke_refuses_a_tampered_manifest(overlay: Path, wheel: Path, tmp_path: Path) -> None:
@@ -194,7 +195,9 @@ def test_deploy_over_ssh_dry_run(
         pytest.skip("rsync is not installed")
     if copier == "scp":
         monkeypatch.setattr(deploy.shutil, "which", lambda name: None if name == "rsync" else shutil.which(name))
-    remote = tmp_path / "remote" / "hetadam"
+    remote = tmp_path / "remote"
+    (remote / "keep.txt").parent.mkdir()
+    (remote / "keep.txt").write_text("the user's file")
     rc, report, err = run_deploy(
         capsys, *sshd["args"], "--board", "zcu104", "--overlay-dir", str(overlay), "--out", str(tmp_path / "out"),
         "--wheel", str(wheel), "--remote-dir", str(remote), "--transport", "fake", "--driver-only",
@@ -202,8 +205,9 @@ def test_deploy_over_ssh_dry_run(
     assert rc == 0, err
     assert f"with {copier}" in err
     assert report["ok"] and report["board"] == "zcu104" and "backend" not in report
-    assert Path(report["hetadam"]).is_relative_to(remote / "site")
-    assert json.loads((remote / "manifest.json").read_text())["board"] == "zcu104"
+    assert Path(report["hetadam"]).is_relative_to(remote / "hetadam-zcu104" / "site")
+    assert json.loads((remote / "hetadam-zcu104" / "manifest.json").read_text())["board"] == "zcu104"
+    assert (remote / "keep.txt").read_text() == "the user's file", "only the package's own folder is replaced"
 
 
 def test_corrupted_package_refused_over_ssh(
@@ -219,7 +223,8 @@ def test_corrupted_package_refused_over_ssh(
     assert rc == 3, err
     assert f"{wheel.name} does not match" in report["refused"]
     assert "refused" in err
-    assert not (remote / "site").exists()
+    assert (remote / "hetadam-kv260" / "manifest.json").exists()
+    assert not (remote / "hetadam-kv260" / "site").exists()
 
 
 def test_unreachable_board_is_a_deployment_error(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hetadam import regmap
 from hetadam.backends.base import BackendError
 from hetadam.driver import AdamDriver, DriverError

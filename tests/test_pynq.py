@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hetadam import backends, regmap
 from hetadam.backends.base import BackendError, BackendUnavailable
 from hetadam.driver import AdamDriver

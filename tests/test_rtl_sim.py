@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from hetadam import HetAdam, backends, regmap
 from hetadam.backends.base import BackendError
 from hetadam.backends.rtl_sim import RtlSimBackend, repo_root
@@ -57,9 +58,12 @@ def test_multi_step_bit_exact_with_golden_model(sim: RtlSimBackend) -> None:
     rng = np.random.default_rng(1)
     ref = random_state(n, rng)
     shard.kernel.upload(ref)
-    for step, stochastic in ((1, False), (2, True), (3, False)):
+    for step, stochastic, decay in ((1, False, 0.0), (2, True, 0.0), (3, False, 0.5)):
         G, eg = random_grad(n, rng)
-        sc = encode_step(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, step=step, seed=5, stochastic=stochastic)
+        sc = encode_step(
+            lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, step=step, seed=5, stochastic=stochastic,
+            weight_decay=decay, decoupled_weight_decay=True,
+        )  # fmt: skip
         sat = shard.kernel.run(G, eg, sc, start)
         ref, expect_sat = adam_step(ref, G, eg, sc, start, DEFAULT)
         shard.kernel.commit()

@@ -155,6 +155,7 @@ class Simulator:
     """The simulator process and the connection to it."""
 
     def __init__(self, root: Path, *, timeout: float, start_timeout: float) -> None:
+        self.owner = os.getpid()  # a forked child must not stop its parent's simulator
         self.workdir = Path(tempfile.mkdtemp(prefix="hetadam-rtl-"))
         self.log_path = self.workdir / "sim.log"
         path = str(self.workdir / "sock")
@@ -208,6 +209,8 @@ class Simulator:
 
     def close(self) -> None:
         atexit.unregister(self.close)
+        if os.getpid() != self.owner:
+            return
         transport = getattr(self, "transport", None)
         if transport is not None:
             transport.close()
