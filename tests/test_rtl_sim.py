@@ -179,6 +179,27 @@ def test_broken_rtl_fails_to_start_with_the_log(tmp_path: Path) -> None:
     backend.close()
 
 
+@needs_rtl
+def test_simulator_that_stops_answering_times_out() -> None:
+    backend = RtlSimBackend(timeout=2.0)
+    try:
+        shard = backend.create_shard(0, 64, "fixed", DEFAULT)
+        ref = shard.kernel.download()
+        os.killpg(backend.simulator.proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        G, eg = random_grad(64, np.random.default_rng(0))
+        sc = encode_step(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1)
+        with pytest.raises(BackendError, match=r"backend 'rtl-sim'.*did not answer within 2 s"):
+            shard.kernel.run(G, eg, sc, 0)
+        shard.discard()
+        assert shard.kernel.download().equals(ref)
+        pid = backend.simulator.proc.pid
+    finally:
+        backend.close()
+    assert time.monotonic() - t0 < 15, "a stuck simulator must be killed, not waited for"
+    assert not alive(pid)
+
+
 def alive(pid: int) -> bool:
     try:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text()

@@ -212,11 +212,12 @@ class Simulator:
         if os.getpid() != self.owner:
             return
         transport = getattr(self, "transport", None)
+        answering = transport is not None and not transport.closed
         if transport is not None:
             transport.close()
         if self.proc.poll() is None:
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=10 if answering else 0.5)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)

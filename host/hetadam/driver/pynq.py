@@ -29,9 +29,6 @@ class HetAdamIP(pynq.DefaultIP):
 
     bindto = VLNVS
 
-    def __init__(self, description: dict) -> None:
-        super().__init__(description=description)
-
     @property
     def has_interrupt(self) -> bool:
         return getattr(self, "interrupt", None) is not None
