@@ -331,3 +331,26 @@ def test_fixed_lr_too_large_for_the_format_is_refused_before_any_change() -> Non
         train(model, opt, batches(1))
     model.zero_grad()
     assert_unchanged(model, opt, before)
+
+
+def test_check_finite_false_lets_nan_through_as_torch_does() -> None:
+    model = make_model()
+    opt = HetAdam(model.parameters(), lr=1e-2, check_finite=False)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model[2].bias.grad[0] = float("nan")
+    opt.step()
+    assert torch.isnan(model[2].bias[0]) and not torch.isnan(model[2].bias[1])
+
+
+@pytest.mark.parametrize("size", [7, 1 << 19])
+def test_all_finite_finds_every_kind_of_non_finite(size: int) -> None:
+    from hetadam.finite import all_finite
+
+    t = torch.full((size,), 3.0e38)
+    t[0] = 1e-45  # subnormal: finite
+    assert all_finite(t)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        u = t.clone()
+        u[size // 2] = bad
+        assert not all_finite(u) and not all_finite(u.view(-1, 1).expand(-1, 2).t())

@@ -106,6 +106,8 @@ def run_bench(
         rows.append(BenchRow("torch Adam fused", size, fused, fused, foreach))
         rows.append(BenchRow("torch Adam foreach", size, foreach, fused, foreach))
         log(f"size {size:>10,}: torch fused {size / fused / 1e9:.3f} Gparam/s, foreach {size / foreach / 1e9:.3f}")
+        unchecked = time_steps(lambda p: HetAdam(p, lr=1e-3, check_finite=False), size, repeat)
+        rows.append(BenchRow("hetadam cpu fp32 check_finite=False", size, unchecked, fused, foreach))
         for name, numerics in configurations(names):
             n = min(size, SIZE_CAP.get(name, size))
             seconds = time_steps(lambda p, b=name, nu=numerics: HetAdam(p, lr=1e-3, backend=b, numerics=nu), n, repeat)
