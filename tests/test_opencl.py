@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from hetadam import HetAdam
 from hetadam.backends import cpu
 from hetadam.backends.base import BackendError, BackendUnavailable, Segment, StepHyper
@@ -260,16 +261,12 @@ def _fp32_run(
             opt.step()
         for i, g in enumerate(grads):  # torch counts steps per parameter
             count[i] += g is not None
-        by_step: dict[int, list[int]] = {}
-        for i, g in enumerate(grads):
-            if g is not None:
-                by_step.setdefault(count[i], []).append(i)
-        segs = _segments(ours, grads, block)
-        for t, idx in by_step.items():
-            live = [s if i in idx else Segment(s.offset, s.param, None) for i, s in enumerate(segs)]
-            hyper = _hyper(t, lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-7, **options)
-            shard.step(live, hyper)
-            shard.commit()
+        segs = [  # each parameter with its own step count, as torch keeps them
+            Segment(seg.offset, seg.param, seg.grad, count[i]) for i, seg in enumerate(_segments(ours, grads, block))
+        ]
+        shard.step(segs, _hyper(max(count), lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-7, **options))
+        shard.commit()
+        assert shard.wire_bytes >= 8 * sum(g.numel() for g in grads if g is not None)
     state = shard.export_state()
     return ours, state, [p.detach() for p in fused_ps], fused, plain
 

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial, wraps
 from pathlib import Path
 from typing import TypeVar
@@ -347,17 +347,18 @@ class Fp32Scalars:
                 self.flags)  # fmt: skip
 
 
-def _live_runs(segments: list[Segment]) -> list[list[Segment]]:
-    """Consecutive segments with gradients, in offset order."""
-    runs: list[list[Segment]] = []
-    last_live = False
+def _live_runs(segments: list[Segment], step: int) -> list[tuple[int, list[Segment]]]:
+    """Consecutive segments with gradients and the same step count (theirs, or
+    `step`), in offset order, with that step count."""
+    runs: list[tuple[int, list[Segment]]] = []
+    last: int | None = None  # the step count of the previous segment when it has a gradient
     for seg in sorted(segments, key=lambda s: s.offset):
-        live = seg.grad is not None
-        if live and last_live:
-            runs[-1].append(seg)
-        elif live:
-            runs.append([seg])
-        last_live = live
+        t = None if seg.grad is None else seg.step or step
+        if t is not None and t == last:
+            runs[-1][1].append(seg)
+        elif t is not None:
+            runs.append((t, [seg]))
+        last = t
     return runs
 
 
@@ -437,15 +438,19 @@ class OpenCLFp32Shard(Shard):
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
         if hyper.amsgrad:
             self._ensure_amsgrad()
-        sc = Fp32Scalars.of(hyper)
         self._segments = segments
         self._inplace = not self.transactional
         live: list[tuple[int, int]] = []
-        for run in _live_runs(segments):
+        for t, run in _live_runs(segments, hyper.step):
+            sc = Fp32Scalars.of(replace(hyper, step=t))
             lo, hi = run[0].offset, run[-1].offset + run[-1].param.numel()
             live.append((lo, hi))
             for g0 in range(lo // VEC * VEC, hi, self.chunk):
                 self._chunk(run, g0, max(g0, lo), min(g0 + self.chunk, hi), sc)
+        # on the wire: the 32-bit gradients of the runs in, their parameters out
+        self.wire_bytes = 4 * sum(hi - lo for lo, hi in live) + 4 * sum(
+            seg.param.numel() for seg in segments if seg.grad is not None
+        )
         for lo, hi in [] if self._inplace else _gaps(live, self.n):  # what this step leaves as it is
             for bufs in self.bufs.values():
                 cl.enqueue_copy(self.dev.compute, bufs[self.cur ^ 1], bufs[self.cur], byte_count=4 * (hi - lo),
