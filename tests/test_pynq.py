@@ -93,6 +93,7 @@ def test_pynq_transport_drives_the_kernel(monkeypatch: pytest.MonkeyPatch, inter
     assert kernel.regs[regmap.GIE] == int(interrupt)
 
 
+@pytest.mark.filterwarnings("ignore:No devices found")
 def test_pynq_backend_needs_an_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HETADAM_BITFILE", raising=False)
     from hetadam.backends.pynq import PynqBackend
