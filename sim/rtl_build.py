@@ -135,36 +135,10 @@ def build(parameters: Mapping[str, int], waves: bool | None = None) -> Path:
 
 
 def icarus_missing() -> str | None:
-    """Why the Icarus flow cannot run here, or None."""
-    why = missing_tools()
-    if why and "cocotb" in why:
-        return why
+    """Why the Icarus bench cannot run here, or None."""
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         return "Icarus Verilog (iverilog, vvp) not installed: apt-get install iverilog"
     return None
-
-
-def build_icarus(parameters: Mapping[str, int]) -> Path:
-    """Build the Icarus Verilog model (cached like build())."""
-    from cocotb_tools.runner import get_runner
-
-    key = config_hash(parameters, False)
-    build_dir = BUILD / f"icarus-{key}"
-    stamp = build_dir / ".built"
-    with _lock(BUILD / f"icarus-{key}.lock"):
-        if stamp.exists():
-            return build_dir
-        runner = get_runner("icarus")
-        runner.build(
-            sources=[str(s) for s in sources()],
-            hdl_toplevel=TOP,
-            parameters=dict(parameters),
-            build_dir=str(build_dir),
-            timescale=("1ns", "1ps"),
-            always=True,
-        )
-        stamp.write_text(key + "\n")
-    return build_dir
 
 
 def run(
@@ -186,9 +160,8 @@ def run(
     env.update(extra_env or {})
     if seed is not None:
         env["COCOTB_RANDOM_SEED"] = str(seed)
-    simulator = "icarus" if build_dir.name.startswith("icarus-") else "verilator"
     with _environ(verilator_env()):
-        runner = get_runner(simulator)
+        runner = get_runner("verilator")
         runner.build_dir = build_dir  # reuse the cached model
         runner.hdl_toplevel = TOP
         runner.waves = waves

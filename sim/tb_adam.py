@@ -27,6 +27,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, Timer, with_timeout
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+
 from hetadam import regmap
 from hetadam.numerics import golden
 from hetadam.numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
@@ -155,8 +156,19 @@ class TB:
     def dump_state(self) -> None:
         """Log the kernel's internal counters (a hung run)."""
         d = self.dut
-        names = ["state", "u_core.beats_left", "u_core.hdr_valid", "u_core.p_cred", "u_core.ms_cred",
-                 "u_core.ex_cred", "u_core.req", "u_core.d_busy", "p_wr_busy", "ms_wr_busy", "ex_wr_busy"]
+        names = [
+            "state",
+            "u_core.beats_left",
+            "u_core.hdr_valid",
+            "u_core.p_cred",
+            "u_core.ms_cred",
+            "u_core.ex_cred",
+            "u_core.req",
+            "u_core.d_busy",
+            "p_wr_busy",
+            "ms_wr_busy",
+            "ex_wr_busy",
+        ]
         for mover in ("u_rd_p", "u_rd_g", "u_rd_ms", "u_rd_ex"):
             names += [f"{mover}.left", f"{mover}.space", f"{mover}.out_valid"]
         for mover in ("u_wr_p", "u_wr_ms", "u_wr_ex"):
@@ -322,9 +334,7 @@ def random_scalars(rng: np.random.Generator, t: int) -> object:
     )
 
 
-async def run_sequence(
-    tb: TB, rng: np.random.Generator, n: int, steps: int, idx0: int, layout: Layout
-) -> None:
+async def run_sequence(tb: TB, rng: np.random.Generator, n: int, steps: int, idx0: int, layout: Layout) -> None:
     """`steps` runs over the same arrays: the state the RTL wrote is the next run's input."""
     state = random_state(rng, n)
     first = True
@@ -360,8 +370,9 @@ async def random_sequences(dut) -> None:
     tb = await setup(dut)
     seed = int(os.environ.get("RTL_SEED", "1"))
     rng = np.random.default_rng(seed + tb.lanes)
-    await run_sequence(tb, rng, n=3000 + tb.lanes, steps=6, idx0=32 * int(rng.integers(0, 1 << 20)),
-                       layout=tb.layout(3000 + tb.lanes))
+    await run_sequence(
+        tb, rng, n=3000 + tb.lanes, steps=6, idx0=32 * int(rng.integers(0, 1 << 20)), layout=tb.layout(3000 + tb.lanes)
+    )
     await run_sequence(tb, rng, n=517, steps=12, idx0=0, layout=tb.layout(517, base=0x400000))
 
 
@@ -552,8 +563,14 @@ async def performance(dut) -> None:
     G, eg = random_grad(rng, n, 1)
     sc = random_scalars(rng, 1)
     want, _ = adam_step(state, G, eg, sc, 0)
-    p, *_, cycles = await tb.run_step(golden.kernel_scalars(n, 0, sc), lay, state.P.view(np.uint32),
-                                     G.view(np.uint16), pack_ms(state.M, state.S), pack_ex(eg, state.em, state.es))
+    p, *_, cycles = await tb.run_step(
+        golden.kernel_scalars(n, 0, sc),
+        lay,
+        state.P.view(np.uint32),
+        G.view(np.uint16),
+        pack_ms(state.M, state.S),
+        pack_ex(eg, state.em, state.es),
+    )
     compare("n=1 p", p, want.P.view(np.uint32))
     figures["latency_cycles_n1"] = cycles
     figures["datapath_latency_cycles"] = 1 + 65  # join register + adam_lane (t1..t65)
@@ -565,9 +582,14 @@ async def performance(dut) -> None:
     sc = random_scalars(rng, 1)
     want, _ = adam_step(state, G, eg, sc, 0)
     wall = time.perf_counter()
-    p, ms, _, _, cycles = await tb.run_step(golden.kernel_scalars(n, 0, sc), lay, state.P.view(np.uint32),
-                                             G.view(np.uint16), pack_ms(state.M, state.S),
-                                             pack_ex(eg, state.em, state.es))
+    p, ms, _, _, cycles = await tb.run_step(
+        golden.kernel_scalars(n, 0, sc),
+        lay,
+        state.P.view(np.uint32),
+        G.view(np.uint16),
+        pack_ms(state.M, state.S),
+        pack_ex(eg, state.em, state.es),
+    )
     wall = time.perf_counter() - wall
     compare("long p", p, want.P.view(np.uint32))
     compare("long ms", ms, pack_ms(want.M, want.S))
@@ -583,3 +605,4 @@ async def performance(dut) -> None:
         Path(out).write_text(json.dumps(figures, indent=2) + "\n")
     assert figures["cycles_per_element_per_lane"] <= 1.05, figures
     await Timer(1, unit="ns")
+
