@@ -61,7 +61,7 @@ ENV_DEVICE = "HETADAM_OPENCL_DEVICE"
 VEC = 8
 """Floats per work-item of the fp32 kernel (HETADAM_VEC)."""
 WORK_GROUP = 64
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 """Elements per staging chunk."""
 
 _PROGRAMS: dict[tuple[object, str], object] = {}
