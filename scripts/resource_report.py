@@ -29,8 +29,19 @@ CAPACITY = {"LUT": 53200, "FF": 106400, "DSP": 220, "BRAM36": 140}
 
 # LUTs a cell occupies (distributed RAM and shift registers live in SLICEM LUTs)
 LUT_CELLS = {f"LUT{i}": 1 for i in range(1, 7)}
-LUTRAM_CELLS = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1S": 4,
-                "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM32M16": 8, "RAM64M8": 8}
+LUTRAM_CELLS = {
+    "RAM32M": 4,
+    "RAM64M": 4,
+    "RAM32X1D": 2,
+    "RAM64X1D": 2,
+    "RAM128X1D": 4,
+    "RAM256X1S": 4,
+    "RAM32X1S": 1,
+    "RAM64X1S": 1,
+    "RAM128X1S": 2,
+    "RAM32M16": 8,
+    "RAM64M8": 8,
+}
 SRL_CELLS = {"SRL16E": 1, "SRLC32E": 1, "SRLC16E": 1}
 FF_CELLS = ("FDRE", "FDSE", "FDCE", "FDPE", "FDRE_1", "FDSE_1", "FDCE_1", "FDPE_1")
 
@@ -59,7 +70,7 @@ def synth(lanes: int, out: Path) -> dict[str, object]:
     if proc.returncode != 0:
         raise RuntimeError(f"yosys failed for LANES={lanes} (see {log}):\n{proc.stderr[-2000:]}")
     text = stat_json.read_text()
-    data = json.loads(text[text.index("{"):])
+    data = json.loads(text[text.index("{") :])
     cells: dict[str, int] = {}
     for mod in data["modules"].values():
         for name, count in mod.get("num_cells_by_type", {}).items():
@@ -76,6 +87,7 @@ def synth(lanes: int, out: Path) -> dict[str, object]:
         "used": used,
         "percent": {k: round(100.0 * v / CAPACITY[k], 2) for k, v in used.items()},
         "lut_breakdown": {"logic": lut_logic, "distributed_ram": lut_ram, "shift_register": lut_srl},
+        "inverters": cells.get("INV", 0),
         "carry4": cells.get("CARRY4", 0),
         "cells": dict(sorted(cells.items())),
         "synth_seconds": round(time.monotonic() - t0, 1),
@@ -88,20 +100,19 @@ def markdown(results: list[dict[str, object]], yosys_version: str) -> str:
         "",
         f"yosys `synth_xilinx -family xc7 -flatten` ({yosys_version}); top `{TOP}`, all four AXI masters and the",
         "AXI4-Lite control included. LUT counts logic, distributed RAM and shift-register LUTs; BRAM in RAMB36",
-        "equivalents (a RAMB18 is a half).",
+        "equivalents (a RAMB18 is a half). yosys also leaves INV cells (listed apart, not counted: Vivado folds",
+        "them into the LUTs that feed the carry chains).",
         "",
-        "| lanes | LUT | FF | DSP48E1 | BRAM36 |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| lanes | LUT | FF | DSP48E1 | BRAM36 | INV |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         u, p = r["used"], r["percent"]
         lines.append(
             f"| {r['lanes']} | {u['LUT']} ({p['LUT']}%) | {u['FF']} ({p['FF']}%) | "
-            f"{u['DSP']} ({p['DSP']}%) | {u['BRAM36']} ({p['BRAM36']}%) |"
+            f"{u['DSP']} ({p['DSP']}%) | {u['BRAM36']} ({p['BRAM36']}%) | {r['cells'].get('INV', 0)} |"
         )
-    lines.append(
-        f"| capacity | {CAPACITY['LUT']} | {CAPACITY['FF']} | {CAPACITY['DSP']} | {CAPACITY['BRAM36']} |"
-    )
+    lines.append(f"| capacity | {CAPACITY['LUT']} | {CAPACITY['FF']} | {CAPACITY['DSP']} | {CAPACITY['BRAM36']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "resources")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--render", action="store_true", help="only rewrite resources.md from resources.json")
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads((args.out / "resources.json").read_text())
+        md = markdown(report["results"], report["tool"])
+        (args.out / "resources.md").write_text(md)
+        sys.stdout.write(md)
+        return 0
     reason = why_not()
     if reason:
         print(f"SKIP resources: {reason}")

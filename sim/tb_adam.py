@@ -605,4 +605,3 @@ async def performance(dut) -> None:
         Path(out).write_text(json.dumps(figures, indent=2) + "\n")
     assert figures["cycles_per_element_per_lane"] <= 1.05, figures
     await Timer(1, unit="ns")
-
