@@ -7,6 +7,7 @@ state round trips; device selection; training through HetAdam."""
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,55 @@ def test_fixed_discard_and_import(device: tuple[int, int, str]) -> None:
     other.import_state(before, np.pad(p.numpy(), (0, 8)))
     for key, value in other.export_state().items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("target", ["-DHETADAM_XILINX", "-DHETADAM_INTEL_FPGA"])
+def test_fpga_builds_run_as_single_work_item_tasks(device: tuple[int, int, str], target: str) -> None:
+    """The FPGA variants (vendor attributes, integer arithmetic only) built for
+    this device and launched as one work-item looping over every unit."""
+    dev = backend_for(device).dev
+    cl = opencl.cl
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the other vendor's attributes are unknown here
+        fixed = cl.Kernel(opencl.program(dev.context, (target,)), "hetadam_adam")
+        fp32 = cl.Kernel(opencl.program(dev.context, (target, *dev.fp32_options)), "hetadam_adam_fp32")
+    rng = np.random.default_rng(9)
+    n = 200
+    nb = n_blocks(n)
+    state = _random_state(rng, n)
+    G, eg, _ = quantize_grad(rng.standard_normal(n) * 1e-3)
+    sc = encode_step(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=3, seed=7, stochastic=True)
+    expected, sat = adam_step(state, G, eg, sc, 64)
+    kernel = opencl.OpenCLFixedKernel(dev, n, DEFAULT)
+    kernel.upload(state)
+    g_buf, eg_buf, sat_buf = dev.buffer(2 * n, G), dev.buffer(nb, eg), dev.buffer(4 * nb)
+    fixed.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 4 + [np.int32] * 7 + [np.uint32] * 2 + [np.int32])
+    fixed(
+        dev.compute, (1,), (1,), kernel.p[0], g_buf, eg_buf, kernel.ms[0], kernel.ex[0], kernel.p[1], kernel.ms[1],
+        kernel.ex[1], sat_buf, n, 0, nb, 64, sc.beta1, sc.beta2, sc.eps_m, sc.eps_e, sc.alpha_m, sc.alpha_sh,
+        sc.ratio_max, sc.lwd, sc.seed, sc.mode,
+    ).wait()  # fmt: skip
+    kernel.has_pending = True
+    kernel.commit()
+    assert kernel.download().equals(expected)
+    assert dev.read(sat_buf, np.empty(nb, np.int32)).sum() == sat
+
+    m = 1000  # fp32: the task against the NDRange build of the backend, same arithmetic
+    gen = torch.Generator().manual_seed(2)
+    p, g = torch.randn(m, generator=gen), torch.randn(m, generator=gen)
+    shard = backend_for(device).create_shard(0, m, "fp32", DEFAULT)
+    shard.import_state({}, p.numpy())
+    hyper = _hyper(4, weight_decay=0.1, amsgrad=True)
+    sc32 = opencl.Fp32Scalars.of(hyper)
+    ins = [dev.buffer(4 * m, x) for x in (p.numpy(), g.numpy(), np.zeros(m, np.float32), np.zeros(m, np.float32))]
+    vmax = dev.buffer(4 * m, np.zeros(m, np.float32))
+    fp32.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 3 + [np.float32] * 8 + [np.int32])
+    units = m // opencl.VEC  # the default HETADAM_VEC; m is a multiple of it
+    fp32(dev.compute, (1,), (1,), *ins, vmax, ins[0], ins[2], ins[3], vmax, 0, 0, units, *sc32.args()).wait()
+    q = p.clone()
+    shard.step([Segment(0, q, g)], hyper)
+    shard.commit()
+    np.testing.assert_array_equal(dev.read(ins[0], np.empty(m, np.float32)), q.numpy())
 
 
 # ---- fp32 ----------------------------------------------------------------------------------------
