@@ -33,20 +33,24 @@ from .scalars import StepScalars
 _CHUNK_BLOCKS = 64
 
 
-@numba.njit(inline="always")
-def _align(x: int, up: int, d: int) -> int:
-    x = x << up
-    if d > 31:
-        d = 31
-    if d > 0:
-        x = (x + (1 << (d - 1))) >> d
-    return x
+# Every value of the step is an exact integer held in a double (below 2**53, see
+# fixed.py) and no NaN or infinity occurs, so these flags change no result: they
+# let the peak reductions vectorise and products fuse into (exact) FMAs.
+_FAST = {"nnan", "ninf", "nsz", "contract"}
+
+_POW2 = np.ldexp(1.0, np.arange(-64, 65))
+"""2**k at index k + 64: exact scalings by table look-up, no libm call per block."""
 
 
 @numba.njit(inline="always")
-def _half(d: int) -> int:
-    """The rounding half of rshr(x, d): 2**(d-1), or 0 when d = 0."""
-    return (1 << (d - 1)) if d > 0 else 0
+def _pow2(k: int) -> float:
+    return _POW2[k + 64]
+
+
+@numba.njit(inline="always")
+def _align_scale(mag: int, d: int) -> float:
+    """rshr(X << (16 - mag), min(d, 31)) = floor(X * scale + 1/2)."""
+    return _pow2(WORK_FRAC - mag - min(d, 31))
 
 
 @numba.njit(inline="always")
@@ -67,102 +71,111 @@ def _xorshift(x: int) -> int:
     return x ^ ((x << 5) & MASK32)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(inline="always", fastmath=_FAST)
+def _block(P, G, M, S, P_out, scales, sc_v, p_max, m_new, s_new, stochastic, index0):
+    """Steps 2-6 of the spec for one block in doubles (the arrays are the block's
+    slices: an index that numba knows to be non-negative keeps loads contiguous);
+    m' and s' into m_new and s_new. Returns the saturated count and the peaks of |m'| and s'."""
+    beta1, beta2, _, _, alpha_m, alpha_sh, ratio_max, lwd, seed, _ = sc_v
+    sg, sm, ss, ew_eps = scales
+    b1, c1 = float(beta1), float((1 << COEF_FRAC) - beta1)
+    b2, c2 = float(beta2), float((1 << COEF_FRAC) - beta2)
+    m_scale = _pow2(EXTRA_FRAC - COEF_FRAC)
+    a_scale = _pow2(-alpha_sh)
+    rmax = float(ratio_max)
+    alpha = float(alpha_m)
+    sat = 0
+    peak_m = 0
+    peak_s = 0
+    for j in range(P.size):
+        gw = np.floor(G[j] * sg + 0.5)
+        mw = np.floor(M[j] * sm + 0.5)
+        sw = np.floor(S[j] * ss + 0.5)
+        m = np.floor((b1 * mw + c1 * gw) * m_scale + 0.5)
+        s = np.floor(np.sqrt(b2 * sw * sw + c2 * gw * gw))
+        m_new[j] = m
+        s_new[j] = s
+        m_abs = abs(m)
+        peak_m = max(peak_m, int(m_abs))  # integer: a float max reduction does not vectorise
+        peak_s = max(peak_s, int(s))
+        denom = s + ew_eps
+        quot = np.floor(m_abs * float(1 << RATIO_FRAC) / max(denom, 1.0))
+        over = (denom == 0.0) | (quot > rmax)
+        quot = rmax if over else quot
+        quot = 0.0 if m_abs == 0.0 else quot
+        x = alpha * quot
+        x = -x if m < 0.0 else x
+        if stochastic:
+            u = _xorshift(seed ^ (((index0 + j) * INDEX_MUL) & MASK32))
+            step = _round(int(x), alpha_sh, True, u)
+        else:
+            step = int(np.rint(x * a_scale))  # round to nearest even; x * 2**-sh is exact
+        p = np.int64(P[j])
+        p_new = p - ((p * lwd + (1 << 31)) >> 32) - step
+        p_sat = min(max(p_new, -p_max), p_max)
+        sat += (over & (m_abs != 0.0)) | (p_sat != p_new)
+        P_out[j] = p_sat
+    return sat, peak_m, peak_s
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FAST, error_model="numpy")
 def _step_kernel(P, G, eg, M, em, S, es, P_out, M_out, em_out, S_out, es_out, fmt_v, sc_v, idx0):
     block, g_mag, m_mag, s_bits, p_max, m_max, s_max = fmt_v
-    beta1, beta2, eps_m, eps_e, alpha_m, alpha_sh, ratio_max, lwd, seed, mode = sc_v
+    eps_m, eps_e, seed, mode = sc_v[2], sc_v[3], sc_v[8], sc_v[9]
     stochastic = (mode & 1) == 1
     n = P.size
     nb = (n + block - 1) // block
     n_chunks = (nb + _CHUNK_BLOCKS - 1) // _CHUNK_BLOCKS
     sat = np.zeros(n_chunks, np.int64)
-    one = 1 << COEF_FRAC
-    m_shift = COEF_FRAC - EXTRA_FRAC
-    m_half = 1 << (m_shift - 1)
-    a_half = 1 << (alpha_sh - 1)
     for c in numba.prange(n_chunks):
-        m_new = np.empty(block, np.int64)
-        s_new = np.empty(block, np.int64)
-        step = np.empty(block, np.int64)
-        clamped = np.empty(block, np.bool_)
+        m_new = np.empty(block, np.float64)
+        s_new = np.empty(block, np.float64)
         sat_c = 0
         for b in range(c * _CHUNK_BLOCKS, min((c + 1) * _CHUNK_BLOCKS, nb)):
             lo = b * block
-            count = min(lo + block, n) - lo
+            hi = min(lo + block, n)
             e_g, e_m, e_s = np.int64(eg[b]), np.int64(em[b]), np.int64(es[b])
             ew = max(max(e_g, e_m), max(e_s, eps_e))
-            ew_eps = _align(eps_m, WORK_FRAC - EPS_BITS, ew - eps_e) << EXTRA_FRAC
-            # Per block: the alignment shifts and their rounding halves (rshr).
-            d_g, d_m, d_s = min(ew - e_g, 31), min(ew - e_m, 31), min(ew - e_s, 31)
-            h_g, h_m, h_s = _half(d_g), _half(d_m), _half(d_s)
-            up_g, up_m, up_s = WORK_FRAC - g_mag, WORK_FRAC - m_mag, WORK_FRAC - s_bits
-            # Short loops over few arrays, free of branches, so that they vectorise.
-            for j in range(count):
-                gw = ((np.int64(G[lo + j]) << up_g) + h_g) >> d_g
-                mw = ((np.int64(M[lo + j]) << up_m) + h_m) >> d_m
-                m_new[j] = (beta1 * mw + (one - beta1) * gw + m_half) >> m_shift
-            for j in range(count):
-                gw = ((np.int64(G[lo + j]) << up_g) + h_g) >> d_g
-                sw = ((np.int64(S[lo + j]) << up_s) + h_s) >> d_s
-                v = beta2 * sw * sw + (one - beta2) * gw * gw
-                r = int(math.sqrt(float(v)))  # int(): np.int64(float) is a slow checked path
-                s_new[j] = r - (r * r > v)
-            for j in range(count):
-                m = m_new[j]
-                m_abs = abs(m)
-                denom = s_new[j] + ew_eps
-                quot = int(float(m_abs << RATIO_FRAC) / float(max(denom, 1)))  # positive: truncation is the floor
-                over = (denom == 0) | (quot > ratio_max)
-                quot = ratio_max if over else quot
-                quot = 0 if m_abs == 0 else quot
-                step[j] = alpha_m * (-quot if m < 0 else quot)
-                clamped[j] = over & (m_abs != 0)
+            sg, sm, ss = _align_scale(g_mag, ew - e_g), _align_scale(m_mag, ew - e_m), _align_scale(s_bits, ew - e_s)
+            ew_eps = np.floor(eps_m * _align_scale(EPS_BITS, ew - eps_e) + 0.5) * (1 << EXTRA_FRAC)
+            index0 = idx0 + lo
+            Pb, Gb, Mb, Sb, Qb = P[lo:hi], G[lo:hi], M[lo:hi], S[lo:hi], P_out[lo:hi]
+            scales = (sg, sm, ss, ew_eps)
+            # The same loop twice, specialised by inlining to one rounding mode.
             if stochastic:
-                for j in range(count):
-                    u = _xorshift(seed ^ (((idx0 + lo + j) * INDEX_MUL) & MASK32))
-                    step[j] = _round(step[j], alpha_sh, True, u)
+                s, peak_m, peak_s = _block(Pb, Gb, Mb, Sb, Qb, scales, sc_v, p_max, m_new, s_new, True, index0)
             else:
-                for j in range(count):
-                    step[j] = (step[j] + a_half - 1 + ((step[j] >> alpha_sh) & 1)) >> alpha_sh
-            for j in range(count):
-                p = np.int64(P[lo + j])
-                p_new = p - ((p * lwd + (1 << 31)) >> 32) - step[j]
-                p_sat = min(max(p_new, -p_max), p_max)
-                sat_c += clamped[j] | (p_sat != p_new)
-                P_out[lo + j] = p_sat
-            em_out[b] = _store(m_new, count, ew, m_mag, m_max, -m_max, stochastic, seed, idx0 + lo, 2, M_out, lo)
-            es_out[b] = _store(s_new, count, ew, s_bits, s_max, 0, stochastic, seed, idx0 + lo, 3, S_out, lo)
+                s, peak_m, peak_s = _block(Pb, Gb, Mb, Sb, Qb, scales, sc_v, p_max, m_new, s_new, False, 0)
+            sat_c += s
+            em_out[b] = _store(m_new, peak_m, ew, m_mag, m_max, -m_max, stochastic, seed, index0, 2, M_out[lo:hi])
+            es_out[b] = _store(s_new, peak_s, ew, s_bits, s_max, 0, stochastic, seed, index0, 3, S_out[lo:hi])
         sat[c] = sat_c
     return sat.sum()
 
 
-@numba.njit(inline="always")
-def _store(x, count, ew, mag, hi_lim, lo_lim, stochastic, seed, index0, clocks, out, lo):
-    """Step 7 of the spec for one block: quantise x[:count] with the exponent of its peak.
-    With stochastic rounding the bits are the element's LFSR after `clocks` clocks."""
-    peak = 0
-    for j in range(count):
-        peak = max(peak, abs(x[j]))
+@numba.njit(inline="always", fastmath=_FAST)
+def _store(x, peak, ew, mag, hi_lim, lo_lim, stochastic, seed, index0, clocks, out):
+    """Step 7 of the spec for one block: quantise x into out (the block's slice) with
+    the exponent of its peak. With stochastic rounding the bits are the element's
+    LFSR after `clocks` clocks."""
+    count = out.size
     if peak == 0:
         for j in range(count):
-            out[lo + j] = 0
+            out[j] = 0
         return EXP_ZERO
     length = math.frexp(float(peak))[1]  # bit length: peak < 2**53
-    if length <= mag:
+    k = length - mag
+    if stochastic and k > 0:
         for j in range(count):
-            out[lo + j] = x[j] << (mag - length)
+            u = seed ^ (((index0 + j) * INDEX_MUL) & MASK32)
+            for _ in range(clocks):
+                u = _xorshift(u)
+            out[j] = min(max(_round(int(x[j]), k, True, u), lo_lim), hi_lim)
     else:
-        k = length - mag
-        if stochastic:
-            for j in range(count):
-                u = seed ^ (((index0 + j) * INDEX_MUL) & MASK32)
-                for _ in range(clocks):
-                    u = _xorshift(u)
-                out[lo + j] = min(max(_round(x[j], k, True, u), lo_lim), hi_lim)
-        else:
-            half = (1 << (k - 1)) - 1
-            for j in range(count):
-                out[lo + j] = min(max((x[j] + half + ((x[j] >> k) & 1)) >> k, lo_lim), hi_lim)
+        # x << -k, or x rounded to nearest even by k bits: x * 2**-k is exact either way
+        scale = _pow2(-k)
+        for j in range(count):
+            out[j] = int(min(max(np.rint(x[j] * scale), lo_lim), hi_lim))
     return ew - WORK_FRAC - EXTRA_FRAC + length
 
 
