@@ -496,7 +496,7 @@ def _model(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(9, 40), torch.nn.Tanh(), torch.nn.Linear(40, 4))
 
 
-def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = 25) -> list[float]:
+def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = 12) -> list[float]:
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(9, 4, generator=torch.Generator().manual_seed(2))
     losses = []
