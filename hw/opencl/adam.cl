@@ -10,7 +10,10 @@
  *                      the same operations in the same order in IEEE single
  *                      precision, fused multiply-adds exactly where the compiled
  *                      torch kernel has them (weight decay, the lerp of exp_avg,
- *                      exp_avg_sq) and nowhere else (FP_CONTRACT OFF).
+ *                      exp_avg_sq) and nowhere else (FP_CONTRACT OFF). (torch
+ *                      rounds the last numel % 16 elements of a tensor in a
+ *                      scalar loop, which can differ from its vector code by
+ *                      an ulp; this kernel matches the vector code everywhere.)
  *   hetadam_adam       the `fixed` update, bit-exact with the golden model
  *                      host/hetadam/numerics/fixed.py, on the kernel memory
  *                      layout of host/hetadam/regmap.py (p int32, g int16,
@@ -28,7 +31,8 @@
  * task, global size 1) pipelines the loop over all units.
  *
  * Build options (-D):
- *   HETADAM_VEC=n          floats per fp32 work-item: 1, 2, 4, 8 or 16 (default 8)
+ *   HETADAM_VEC=n          floats per fp32 work-item: 1, 2, 4, 8 or 16 (default 8;
+ *                          PoCL 3.0 on CPUs without AVX-512 fails on 16)
  *   HETADAM_NO_FMA         fp32 without fused multiply-adds (see ADAM_FMA)
  *   HETADAM_FP64           the device has cl_khr_fp64: the fixed kernel takes the
  *                          integer square root and quotient from correctly rounded
