@@ -38,13 +38,14 @@ _CHUNK_BLOCKS = 64
 # let the peak reductions vectorise and products fuse into (exact) FMAs.
 _FAST = {"nnan", "ninf", "nsz", "contract"}
 
-_POW2 = np.ldexp(1.0, np.arange(-64, 65))
-"""2**k at index k + 64: exact scalings by table look-up, no libm call per block."""
+_POW2_MAX = 160
+_POW2 = np.ldexp(1.0, np.arange(-_POW2_MAX, _POW2_MAX + 1))
+"""2**k at index k + _POW2_MAX: exact scalings by table look-up, no libm call per block."""
 
 
 @numba.njit(inline="always")
 def _pow2(k: int) -> float:
-    return _POW2[k + 64]
+    return _POW2[k + _POW2_MAX]
 
 
 @numba.njit(inline="always")
@@ -209,36 +210,55 @@ def adam_step_into(
     )  # fmt: skip
 
 
-@numba.njit(parallel=True, cache=True)
-def _quantize_kernel(x, block, mag, G, eg, offset):
-    """Quantise x into G[offset:] and eg[offset // block:] (offset block-aligned)."""
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _quantize_kernel(x, bits, block, mag, G, eg, offset):
+    """Quantise x into G[offset:] and eg[offset // block:] (offset block-aligned).
+    bits: x (float32 or float64) viewed as integers; the block's peak is found on
+    them, as an integer maximum (a float maximum does not vectorise)."""
+    if bits.itemsize == 4:
+        mant_bits, bias, magnitude = 23, 127, 0x7FFF_FFFF
+    else:
+        mant_bits, bias, magnitude = 52, 1023, 0x7FFF_FFFF_FFFF_FFFF
     n = x.size
     nb = (n + block - 1) // block
-    limit = (1 << mag) - 1
+    n_chunks = (nb + _CHUNK_BLOCKS - 1) // _CHUNK_BLOCKS
+    limit = float((1 << mag) - 1)
     b0 = offset // block
-    for b in numba.prange(nb):
-        lo = b * block
-        hi = min(lo + block, n)
-        peak = 0.0
-        for i in range(lo, hi):
-            peak = max(peak, abs(np.float64(x[i])))
-        if peak == 0.0:
-            eg[b0 + b] = EXP_ZERO
-            for i in range(lo, hi):
-                G[offset + i] = 0
-            continue
-        e = min(max(math.frexp(peak)[1], EXP_MIN), EXP_MAX)
-        eg[b0 + b] = e
-        scale = math.ldexp(1.0, mag - e)
-        for i in range(lo, hi):
-            q = np.rint(np.float64(x[i]) * scale)
-            G[offset + i] = min(max(q, -limit), limit)
+    for c in numba.prange(n_chunks):
+        for b in range(c * _CHUNK_BLOCKS, min((c + 1) * _CHUNK_BLOCKS, nb)):
+            lo = b * block
+            hi = min(lo + block, n)
+            xb, bb, Gb = x[lo:hi], bits[lo:hi], G[offset + lo : offset + hi]
+            peak = 0
+            for i in range(bb.size):
+                peak = max(peak, bb[i] & magnitude)
+            if peak == 0:
+                eg[b0 + b] = EXP_ZERO
+                Gb[:] = 0
+                continue
+            # The frexp exponent of the peak: from its exponent field, or for a
+            # subnormal from the bit length of its mantissa (0 for inf and NaN, as frexp).
+            biased = peak >> mant_bits
+            if biased == 2 * bias + 1:
+                e = 0
+            elif biased > 0:
+                e = min(max(biased + 1 - bias, EXP_MIN), EXP_MAX)
+            else:
+                e = max(math.frexp(float(peak))[1] + 1 - bias - mant_bits, EXP_MIN)
+            eg[b0 + b] = e
+            scale = _pow2(mag - e)
+            for i in range(xb.size):
+                Gb[i] = int(min(max(np.rint(xb[i] * scale), -limit), limit))
 
 
 def quantize_grad_into(g: np.ndarray, G: np.ndarray, eg: np.ndarray, offset: int, fmt: FixedFormat = DEFAULT) -> None:
     """convert.quantize_grad of g, compiled, written into G and eg at `offset`
     (a multiple of the block size)."""
-    _quantize_kernel(np.ascontiguousarray(g).reshape(-1), fmt.block, fmt.g_bits - 1, G, eg, offset)
+    x = np.ascontiguousarray(g).reshape(-1)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64, copy=False)
+    bits = x.view(np.int32 if x.dtype == np.float32 else np.int64)
+    _quantize_kernel(x, bits, fmt.block, fmt.g_bits - 1, G, eg, offset)
 
 
 def quantize_grad_fast(g: np.ndarray, fmt: FixedFormat = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
