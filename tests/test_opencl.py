@@ -39,19 +39,25 @@ def _devices() -> list[tuple[int, int, str]]:
 
 
 DEVICES = _devices()
-_BACKENDS: dict[tuple[int, int, bool | None, int, bool], opencl.OpenCLBackend] = {}
+_BACKENDS: dict[tuple[int, int, bool | None, int, bool, bool], opencl.OpenCLBackend] = {}
 
 
 def backend_for(
-    where: tuple[int, int, str], fp64: bool | None = None, chunk: int = 1000, fp32_fma: bool = True
+    where: tuple[int, int, str],
+    fp64: bool | None = None,
+    chunk: int = 1000,
+    fp32_fma: bool = True,
+    staged: bool = False,
 ) -> opencl.OpenCLBackend:
     """One backend per device and option, shared by the tests of a process.
-    A small staging chunk so that every test streams several chunks."""
-    key = (where[0], where[1], fp64, chunk, fp32_fma)
+    A small staging chunk so that every test streams several chunks. `staged`:
+    transfers through the pinned staging buffers even where the device shares
+    host memory (the path of a discrete GPU)."""
+    key = (where[0], where[1], fp64, chunk, fp32_fma, staged)
     if key not in _BACKENDS:
-        _BACKENDS[key] = opencl.OpenCLBackend(
-            platform=where[0], device=where[1], chunk=chunk, fp64=fp64, fp32_fma=fp32_fma
-        )
+        be = opencl.OpenCLBackend(platform=where[0], device=where[1], chunk=chunk, fp64=fp64, fp32_fma=fp32_fma)
+        be.dev.unified &= not staged
+        _BACKENDS[key] = be
     return _BACKENDS[key]
 
 
@@ -281,6 +287,7 @@ def _fp32_run(
     transactional: bool = False,
     block: int = 32,
     fp32_fma: bool = True,
+    staged: bool = False,
 ) -> tuple[list[torch.Tensor], dict, list[torch.Tensor], torch.optim.Optimizer, torch.optim.Optimizer]:
     """The same steps through an opencl fp32 shard, torch's fused Adam and torch's
     default Adam; several parameters, one of them without a gradient at times."""
@@ -294,7 +301,8 @@ def _fp32_run(
     kw = {k: v for k, v in options.items() if k != "decoupled_weight_decay"}
     fused = cls(fused_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, fused=True, **kw)
     plain = cls(plain_ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, **kw)
-    shard = backend_for(device, fp32_fma=fp32_fma).create_shard(0, _flat_size(init, block), "fp32", DEFAULT)
+    be = backend_for(device, fp32_fma=fp32_fma, staged=staged)
+    shard = be.create_shard(0, _flat_size(init, block), "fp32", DEFAULT)
     flat = np.zeros(shard.n, np.float32)
     for seg in _segments(ours, ours, block):
         flat[seg.offset : seg.offset + seg.param.numel()] = seg.param.numpy()
@@ -335,14 +343,15 @@ def test_fp32_bit_exact_with_torch_fused_and_close_to_torch_adam(device: tuple[i
 
 
 @pytest.mark.parametrize("block", [1, 5])
-def test_fp32_unaligned_parameters(device: tuple[int, int, str], block: int) -> None:
+@pytest.mark.parametrize("staged", [False, True], ids=["direct", "staged"])
+def test_fp32_unaligned_parameters(device: tuple[int, int, str], block: int, staged: bool) -> None:
     """Parameters at offsets that are no multiple of the vector width: their
     ends take the element-wise kernel, with the same arithmetic."""
-    _check_fp32_against_torch(device, {**OPTIONS[-1], "amsgrad": block == 5}, block=block)
+    _check_fp32_against_torch(device, {**OPTIONS[-1], "amsgrad": block == 5}, block=block, staged=staged)
 
 
-def _check_fp32_against_torch(device: tuple[int, int, str], options: dict, block: int) -> None:
-    ours, state, fused_ps, fused, plain = _fp32_run(device, options, steps=6, block=block)
+def _check_fp32_against_torch(device: tuple[int, int, str], options: dict, block: int, staged: bool = False) -> None:
+    ours, state, fused_ps, fused, plain = _fp32_run(device, options, steps=6, block=block, staged=staged)
     names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if options["amsgrad"] else ())
     segments = _segments(ours, ours, block)
     for p, q, ref, seg in zip(ours, fused_ps, fused.param_groups[0]["params"], segments, strict=True):

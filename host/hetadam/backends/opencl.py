@@ -160,6 +160,8 @@ class _Device:
         if fp64 and not has_fp64:
             raise ValueError(f"OpenCL device {device.name!r} has no cl_khr_fp64")
         self.fp64 = has_fp64 if fp64 is None else fp64
+        self.unified = bool(device.host_unified_memory)
+        """The device works in host memory (a CPU): transfers need no staging."""
         # IEEE division and square root where the device offers them as an option
         # (without it OpenCL allows 2.5 and 3 ulp: no parity with torch)
         rounded = device.single_fp_config & cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT
@@ -461,22 +463,39 @@ class OpenCLFp32Shard(Shard):
         return 0
 
     def _chunk(self, run: list[Segment], g0: int, a: int, b: int, sc: Fp32Scalars) -> None:
-        """Stage the gradients of elements [a, b) of a run (zeros between its
-        segments) at their offsets from g0, send them, enqueue the kernels."""
+        """Send the gradients of elements [a, b) of a run (zeros between its
+        segments) to a device buffer at their offsets from g0, and enqueue the
+        kernels on them. Through pinned staging, or straight from the tensors
+        where the device shares the host's memory (one copy instead of two)."""
         k = self.slots.acquire()
+        (d_g,) = self.slots.device[k]
+        q = self.dev.transfer
+        unified = self.dev.unified
         host = self.slots.host[k][: 4 * (b - g0)].view(np.float32)
+        copies: list[cl.Event] = []
+
+        def pad(lo: int, hi: int) -> None:  # zeros between parameters
+            if lo < hi and unified:
+                copies.append(cl.enqueue_fill_buffer(q, d_g, np.float32(0), 4 * (lo - g0), 4 * (hi - lo)))
+            elif lo < hi:
+                host[lo - g0 : hi - g0] = 0.0
+
         at = a
         for seg in run:
             lo, hi = max(seg.offset, a), min(seg.offset + seg.param.numel(), b)
             if lo >= hi:
                 continue
-            host[at - g0 : lo - g0] = 0.0
-            host[lo - g0 : hi - g0] = seg.grad.detach()[lo - seg.offset : hi - seg.offset].numpy()
+            pad(at, lo)
+            grad = seg.grad.detach()[lo - seg.offset : hi - seg.offset].numpy()
+            if unified:
+                copies.append(cl.enqueue_copy(q, d_g, grad, dst_offset=4 * (lo - g0), is_blocking=False))
+            else:
+                host[lo - g0 : hi - g0] = grad
             at = hi
-        host[at - g0 :] = 0.0
-        (d_g,) = self.slots.device[k]
-        copy = cl.enqueue_copy(self.dev.transfer, d_g, host[a - g0 :], dst_offset=4 * (a - g0), is_blocking=False)
-        self.slots.release(k, *self.launch(d_g, g0, a, b, sc, [copy]))
+        pad(at, b)
+        if not unified:
+            copies.append(cl.enqueue_copy(q, d_g, host[a - g0 :], dst_offset=4 * (a - g0), is_blocking=False))
+        self.slots.release(k, *self.launch(d_g, g0, a, b, sc, copies))
 
     def commit(self) -> None:
         if not self.has_pending:
@@ -488,9 +507,15 @@ class OpenCLFp32Shard(Shard):
             (seg, a, b) for seg in self._segments if seg.grad is not None
             for a, b in _chunks(seg.offset, seg.offset + seg.param.numel(), self.chunk)
         ]  # fmt: skip
-        reads: list[tuple[int, cl.Event]] = []
         p = self.bufs["p"][self.cur]
-        for i in range(len(pieces) + 1):
+        if self.dev.unified and pieces:  # straight into the tensors
+            cl.wait_for_events([
+                cl.enqueue_copy(self.dev.transfer, seg.param.detach()[a - seg.offset : b - seg.offset].numpy(), p,
+                                src_offset=4 * a, is_blocking=False)
+                for seg, a, b in pieces
+            ])  # fmt: skip
+        reads: list[tuple[int, cl.Event]] = []
+        for i in range(0 if self.dev.unified else len(pieces) + 1):
             if i < len(pieces):  # read piece i while piece i - 1 is copied out
                 _, a, b = pieces[i]
                 k = self.slots.acquire()
