@@ -76,7 +76,9 @@ def _xorshift(x: int) -> int:
 def _block(P, G, M, S, P_out, scales, sc_v, p_max, m_new, s_new, stochastic, index0):
     """Steps 2-6 of the spec for one block in doubles (the arrays are the block's
     slices: an index that numba knows to be non-negative keeps loads contiguous);
-    m' and s' into m_new and s_new. Returns the saturated count and the peaks of |m'| and s'."""
+    m' and s' into m_new and s_new. Returns the saturated count and the bits of
+    the peaks of |m'| and s' (as doubles)."""
+    m_raw, s_raw = m_new.view(np.int64), s_new.view(np.int64)
     beta1, beta2, _, _, alpha_m, alpha_sh, ratio_max, lwd, seed, _ = sc_v
     sg, sm, ss, ew_eps = scales
     b1, c1 = float(beta1), float((1 << COEF_FRAC) - beta1)
@@ -96,16 +98,16 @@ def _block(P, G, M, S, P_out, scales, sc_v, p_max, m_new, s_new, stochastic, ind
         s = np.floor(np.sqrt(b2 * sw * sw + c2 * gw * gw))
         m_new[j] = m
         s_new[j] = s
+        # The peaks as integer maxima of the doubles' bits (a float maximum does
+        # not vectorise; s' >= 0 has no sign bit).
+        peak_m = max(peak_m, m_raw[j] & 0x7FFF_FFFF_FFFF_FFFF)
+        peak_s = max(peak_s, s_raw[j])
         m_abs = abs(m)
-        peak_m = max(peak_m, int(m_abs))  # integer: a float max reduction does not vectorise
-        peak_s = max(peak_s, int(s))
         denom = s + ew_eps
-        quot = np.floor(m_abs * float(1 << RATIO_FRAC) / max(denom, 1.0))
-        over = (denom == 0.0) | (quot > rmax)
+        quot = np.floor(m_abs * float(1 << RATIO_FRAC) / max(denom, 1.0))  # 0 when m' = 0
+        over = ((denom == 0.0) & (m_abs != 0.0)) | (quot > rmax)
         quot = rmax if over else quot
-        quot = 0.0 if m_abs == 0.0 else quot
-        x = alpha * quot
-        x = -x if m < 0.0 else x
+        x = np.copysign(alpha * quot, m)
         if stochastic:
             u = _xorshift(seed ^ (((index0 + j) * INDEX_MUL) & MASK32))
             step = _round(int(x), alpha_sh, True, u)
@@ -114,7 +116,7 @@ def _block(P, G, M, S, P_out, scales, sc_v, p_max, m_new, s_new, stochastic, ind
         p = np.int64(P[j])
         p_new = p - ((p * lwd + (1 << 31)) >> 32) - step
         p_sat = min(max(p_new, -p_max), p_max)
-        sat += (over & (m_abs != 0.0)) | (p_sat != p_new)
+        sat += over | (p_sat != p_new)
         P_out[j] = p_sat
     return sat, peak_m, peak_s
 
@@ -157,14 +159,14 @@ def _step_kernel(P, G, eg, M, em, S, es, P_out, M_out, em_out, S_out, es_out, fm
 @numba.njit(inline="always", fastmath=_FAST)
 def _store(x, peak, ew, mag, hi_lim, lo_lim, stochastic, seed, index0, clocks, out):
     """Step 7 of the spec for one block: quantise x into out (the block's slice) with
-    the exponent of its peak. With stochastic rounding the bits are the element's
+    the exponent of its peak (given as the bits of the double). With stochastic rounding the bits are the element's
     LFSR after `clocks` clocks."""
     count = out.size
     if peak == 0:
         for j in range(count):
             out[j] = 0
         return EXP_ZERO
-    length = math.frexp(float(peak))[1]  # bit length: peak < 2**53
+    length = (peak >> 52) - 1022  # bit length of the integer-valued double whose bits are peak
     k = length - mag
     if stochastic and k > 0:
         for j in range(count):
