@@ -22,8 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
+# Throughput against torch.optim.Adam measured in the same run; the split across
+# cpu + opencl (skipped where opencl is unusable); the opencl kernel on resident state.
 bench: $(STAMP)
-	$(PY) -m hetadam bench
+	$(PY) -m hetadam bench --json build/bench/bench.json
+	-$(PY) -m hetadam bench --split cpu,opencl --sizes 16777216 --json build/bench/split.json
+	-$(PY) scripts/bench_opencl.py --json build/bench/opencl.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
