@@ -1,9 +1,12 @@
 """Compiled fast paths of the `fixed` numerics (numba), bit-exact with the model.
 
 fixed.py stays the specification; tests hold these to it bit for bit. The step
-runs one fused loop per block on all cores: double-precision sqrt and division
-give the exact integer floors (see fixed.py for why), and the state is read
-once and written once.
+runs one fused, vectorised loop per block on all cores, in doubles: every value
+is an integer below 2**53 (see fixed.py), so products, sums and power-of-two
+scalings are exact, a round-half-up shift by k is floor(x * 2**-k + 1/2), a
+round-to-nearest-even one is rint(x * 2**-k), and the floors of the correctly
+rounded sqrt and division are the exact integer floors. The state is read once
+and written once.
 """
 
 from __future__ import annotations
