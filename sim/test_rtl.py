@@ -8,6 +8,7 @@ run on it. Figures go to build/rtl/figures-<lanes>.json.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,13 @@ def golden_dir() -> Path:
     """Golden vectors generated from the model in this session (not committed)."""
     from hetadam.numerics import golden
 
-    out = BUILD / "golden"
+    # keyed by the spec's sources: a change of spec regenerates them
+    h = hashlib.sha256()
+    pkg = ROOT / "host" / "hetadam"
+    for name in ("fixed", "formats", "scalars", "lfsr", "convert", "golden"):
+        h.update((pkg / "numerics" / f"{name}.py").read_bytes())
+    h.update((pkg / "regmap.py").read_bytes())
+    out = BUILD / f"golden-{h.hexdigest()[:12]}"
     out.mkdir(parents=True, exist_ok=True)
     with open(BUILD / "golden.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
