@@ -58,28 +58,40 @@ def make_params(size: int, n_tensors: int = 4, seed: int = 0) -> list[torch.nn.P
     return params
 
 
-def time_steps(make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer], size: int, repeat: int) -> float:
+Maker = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def time_steps(make: Maker, size: int, repeat: int) -> float:
     """Median seconds of one optimizer step (after two warm-up steps)."""
-    params = make_params(size)
-    opt = make(params)
+    return time_interleaved([make], size, repeat)[0]
+
+
+def time_interleaved(makers: Sequence[Maker], size: int, repeat: int) -> list[float]:
+    """Median seconds of one step of each optimizer, their steps interleaved so
+    that all of them see the same state of a shared, noisy machine."""
+    opts = [make(make_params(size)) for make in makers]
+    times: list[list[float]] = [[] for _ in opts]
     try:
-        for _ in range(2):
-            opt.step()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            opt.step()
-            times.append(time.perf_counter() - t0)
+        for round_ in range(repeat + 2):
+            for opt, ts in zip(opts, times, strict=True):
+                t0 = time.perf_counter()
+                opt.step()
+                if round_ >= 2:  # two warm-up steps
+                    ts.append(time.perf_counter() - t0)
     finally:
-        close = getattr(opt, "close", None)
-        if close is not None:
-            close()
-    return statistics.median(times)
+        for opt in opts:
+            close = getattr(opt, "close", None)
+            if close is not None:
+                close()
+    return [statistics.median(ts) for ts in times]
+
+
+def fused_adam(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(p, lr=1e-3, fused=True)
 
 
 def torch_peers(size: int, repeat: int) -> tuple[float, float]:
-    fused = time_steps(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), size, repeat)
-    foreach = time_steps(lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True), size, repeat)
+    fused, foreach = time_interleaved([fused_adam, lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)], size, repeat)
     return fused, foreach
 
 
@@ -106,14 +118,19 @@ def run_bench(
         rows.append(BenchRow("torch Adam fused", size, fused, fused, foreach))
         rows.append(BenchRow("torch Adam foreach", size, foreach, fused, foreach))
         log(f"size {size:>10,}: torch fused {size / fused / 1e9:.3f} Gparam/s, foreach {size / foreach / 1e9:.3f}")
-        unchecked = time_steps(lambda p: HetAdam(p, lr=1e-3, check_finite=False), size, repeat)
-        rows.append(BenchRow("hetadam cpu fp32 check_finite=False", size, unchecked, fused, foreach))
-        for name, numerics in configurations(names):
+        candidates = [("hetadam cpu fp32 check_finite=False", "cpu", "fp32", {"check_finite": False})]
+        candidates += [(f"hetadam {name} {numerics}", name, numerics, {}) for name, numerics in configurations(names)]
+        for label, name, numerics, extra in candidates:
             n = min(size, SIZE_CAP.get(name, size))
-            seconds = time_steps(lambda p, b=name, nu=numerics: HetAdam(p, lr=1e-3, backend=b, numerics=nu), n, repeat)
-            if n != size:  # compare per element with the peers at the full size
-                seconds *= size / n
-            row = BenchRow(f"hetadam {name} {numerics}", size, seconds, fused, foreach)
+
+            def make(p: list[torch.nn.Parameter], b: str = name, nu: str = numerics, kw: dict = extra) -> HetAdam:
+                return HetAdam(p, lr=1e-3, backend=b, numerics=nu, **kw)
+
+            if n == size:  # its own fused peer, interleaved step for step
+                peer, seconds = time_interleaved([fused_adam, make], size, repeat)
+            else:  # simulated hardware: per element, against the peers at the full size
+                peer, seconds = fused, time_steps(make, n, repeat) * size / n
+            row = BenchRow(label, size, seconds, peer, foreach * peer / fused)
             rows.append(row)
             log(
                 f"  {row.name:<28} {row.gparams:.3f} Gparam/s  {row.vs_fused:.2f}x fused  {row.vs_foreach:.2f}x foreach"
