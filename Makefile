@@ -31,6 +31,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(MAKE) lint-rtl
 	$(PY) -m hetadam.regmap --check
 
 clean:
