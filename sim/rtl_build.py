@@ -8,7 +8,6 @@ a file lock makes concurrent pytest-xdist workers share one build.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -17,6 +16,8 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from hetadam.filelock import file_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 RTL = ROOT / "hw" / "rtl"
@@ -64,17 +65,6 @@ def missing_tools() -> str | None:
     if shutil.which("make") is None or shutil.which(os.environ.get("CXX", "c++")) is None:
         return "make and a C++ compiler are needed to build the Verilator model"
     return None
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -138,7 +128,7 @@ def build(parameters: Mapping[str, int], waves: bool | None = None) -> Path:
     key = config_hash(parameters, waves)
     build_dir = BUILD / f"verilator-{key}"
     stamp = build_dir / ".built"
-    with _lock(BUILD / f"verilator-{key}.lock"):
+    with file_lock(BUILD / f"verilator-{key}.lock"):
         if stamp.exists():
             return build_dir
         with _environ(verilator_env()):

@@ -7,13 +7,14 @@ run on it. Figures go to build/rtl/figures-<lanes>.json.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 from rtl_build import BUILD, ROOT, build, icarus_missing, missing_tools, run, sources
+
+from hetadam.filelock import file_lock
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,7 @@ def golden_dir() -> Path:
     h.update((pkg / "regmap.py").read_bytes())
     out = BUILD / f"golden-{h.hexdigest()[:12]}"
     out.mkdir(parents=True, exist_ok=True)
-    with open(BUILD / "golden.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with file_lock(BUILD / "golden.lock"):
         if not (out / ".done").exists():
             golden.write_all(out)
             (out / ".done").write_text("ok\n")

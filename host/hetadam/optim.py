@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from . import backends
-from .backends.base import Backend, BackendError, Shard, StepHyper
+from .backends.base import Backend, BackendError, Shard, StepHyper, encode_hyper
 from .finite import all_finite
 from .layout import GroupLayout
-from .numerics import DEFAULT, FixedFormat, encode_step
+from .numerics import DEFAULT, FixedFormat
 from .runtime import Partition, ShardStats, needs_rebalance, plan_partition, rebalance
 
 NUMERICS = ("fp32", "fixed")
@@ -160,7 +160,7 @@ class HetAdam(torch.optim.Optimizer):
                 work.append((group, partition))
         if self.numerics == "fixed":  # encoding fails for hyper-parameters the format cannot hold
             for group, _ in work:
-                _encode_check(self._hyper(group, 1))
+                encode_hyper(self._hyper(group, 1), self.fixed_format)
         stepped: list[Shard] = []
         saturated = 0
         try:
@@ -287,18 +287,6 @@ class HetAdam(torch.optim.Optimizer):
         return inner.replace(
             self.__class__.__name__, f"{self.__class__.__name__}[{'+'.join(self.backend_names)}, {self.numerics}]", 1
         )
-
-
-def _encode_check(hyper: StepHyper) -> None:
-    encode_step(
-        lr=hyper.lr,
-        beta1=hyper.beta1,
-        beta2=hyper.beta2,
-        eps=hyper.eps,
-        step=hyper.step,
-        weight_decay=hyper.weight_decay,
-        decoupled_weight_decay=hyper.decoupled_weight_decay,
-    )
 
 
 def _signed(name: str) -> np.dtype:

@@ -163,6 +163,22 @@ def prepare_fixed_grad(grad: np.ndarray, params: np.ndarray | None, hyper: StepH
     return g
 
 
+def encode_hyper(hyper: StepHyper, fmt: FixedFormat) -> StepScalars:
+    """The register values of a step (raises ValueError when the format cannot hold them)."""
+    return encode_step(
+        lr=hyper.lr,
+        beta1=hyper.beta1,
+        beta2=hyper.beta2,
+        eps=hyper.eps,
+        step=hyper.step,
+        weight_decay=hyper.weight_decay,
+        decoupled_weight_decay=hyper.decoupled_weight_decay,
+        seed=hyper.seed,
+        stochastic=hyper.stochastic,
+        fmt=fmt,
+    )
+
+
 FIXED_KEYS = ("fixed_P", "fixed_M", "fixed_em", "fixed_S", "fixed_es")
 
 
@@ -181,18 +197,7 @@ class FixedShard(Shard):
         self.kernel.upload(FixedState.zeros(n, fmt))
 
     def scalars(self, hyper: StepHyper) -> StepScalars:
-        return encode_step(
-            lr=hyper.lr,
-            beta1=hyper.beta1,
-            beta2=hyper.beta2,
-            eps=hyper.eps,
-            step=hyper.step,
-            weight_decay=hyper.weight_decay,
-            decoupled_weight_decay=hyper.decoupled_weight_decay,
-            seed=hyper.seed,
-            stochastic=hyper.stochastic,
-            fmt=self.fmt,
-        )
+        return encode_hyper(hyper, self.fmt)
 
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
         self._segments = segments

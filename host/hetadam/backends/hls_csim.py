@@ -16,22 +16,21 @@ into the pending one and runs the kernel there; commit swaps the sets.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import functools
 import hashlib
 import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .. import regmap
+from ..filelock import file_lock
 from ..numerics import DEFAULT, FixedFormat, FixedState
 from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
 from ..numerics.formats import n_blocks
@@ -86,16 +85,6 @@ def _build_key(compiler: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def build_library(compiler: list[str] | None = None, directory: Path | None = None) -> Path:
     """The shared library of the kernel, compiled unless a cached build of the same sources exists."""
     compiler = compiler or find_compiler()
@@ -106,7 +95,7 @@ def build_library(compiler: list[str] | None = None, directory: Path | None = No
     if library.exists():
         return library
     directory.mkdir(parents=True, exist_ok=True)
-    with _file_lock(directory / ".lock"):
+    with file_lock(directory / ".lock"):
         if library.exists():  # built by another process while this one waited
             return library
         partial = directory / f".{library.name}.{os.getpid()}.tmp"
