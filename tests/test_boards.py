@@ -164,7 +164,7 @@ def test_flow_interface_matches_the_register_map() -> None:
 def test_rtl_top_has_the_ports_the_flow_packages() -> None:
     sources = ROOT / "hw" / "rtl" / "sources.f"
     if not sources.exists():
-        pytest.skip("hw/rtl/sources.f is not there yet")
+        pytest.skip(reason="hw/rtl/sources.f is not there yet")
     files = [line.split("//")[0].strip() for line in sources.read_text().splitlines()]
     paths = [ROOT / "hw" / "rtl" / f for f in files if f and f[0] not in "+-#"]
     assert all(p.exists() for p in paths), [p for p in paths if not p.exists()]

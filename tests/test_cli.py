@@ -32,7 +32,7 @@ def test_bench_prints_ratios_and_writes_json(tmp_path, capsys: pytest.CaptureFix
 
 def test_bench_split_over_two_backends(tmp_path) -> None:
     if not backends.availability("opencl").usable:
-        pytest.skip(f"needs a second backend: {backends.availability('opencl').reason}")
+        pytest.skip(reason=f"needs a second backend: {backends.availability('opencl').reason}")
     path = tmp_path / "split.json"
     args = ["bench", "--split", "cpu,opencl", "--sizes", "65536", "--repeat", "2", "--json", str(path)]
     assert main(args) == 0

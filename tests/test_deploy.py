@@ -139,7 +139,7 @@ def free_port() -> int:
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """An sshd on 127.0.0.1 with a throwaway host key, accepting a throwaway client key."""
     if not SSHD.exists() or shutil.which("ssh-keygen") is None:
-        pytest.skip("openssh-server is not installed (apt-get install openssh-server): no sshd to deploy to")
+        pytest.skip(reason="openssh-server is not installed (apt-get install openssh-server): no sshd to deploy to")
     d = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
@@ -148,7 +148,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     helpers = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
     sftp = next((p for p in helpers if Path(p).exists()), None)
     if sftp is None:
-        pytest.skip("openssh-server has no sftp-server here (scp needs it)")
+        pytest.skip(reason="openssh-server has no sftp-server here (scp needs it)")
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
@@ -161,14 +161,14 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     deadline = time.monotonic() + 10
     while True:
         if proc.poll() is not None:
-            pytest.skip(f"sshd did not start here: {proc.stderr.read().strip()}")
+            pytest.skip(reason=f"sshd did not start here: {proc.stderr.read().strip()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             break
         except OSError:
             if time.monotonic() > deadline:
                 proc.kill()
-                pytest.skip("sshd did not listen within 10 s")
+                pytest.skip(reason="sshd did not listen within 10 s")
             time.sleep(0.1)
     host_pub = (d / "host_key.pub").read_text().split()
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
@@ -192,7 +192,7 @@ def test_deploy_over_ssh_dry_run(
     monkeypatch: pytest.MonkeyPatch, copier: str,
 ) -> None:  # fmt: skip
     if copier == "rsync" and shutil.which("rsync") is None:
-        pytest.skip("rsync is not installed")
+        pytest.skip(reason="rsync is not installed")
     if copier == "scp":
         monkeypatch.setattr(deploy.shutil, "which", lambda name: None if name == "rsync" else shutil.which(name))
     remote = tmp_path / "remote"

@@ -82,7 +82,7 @@ def test_csim_has_no_undefined_behaviour(golden_dir: Path, tmp_path: Path) -> No
     flags = ["-std=c++17", "-fsanitize=undefined", "-fno-sanitize-recover=all", *TB_FLAGS]
     built = subprocess.run([*COMPILER, *flags, *TB_SOURCES, "-o", str(exe)], capture_output=True, text=True)
     if built.returncode != 0:
-        pytest.skip(f"the compiler cannot build with -fsanitize=undefined: {built.stderr[-300:]}")
+        pytest.skip(reason=f"the compiler cannot build with -fsanitize=undefined: {built.stderr[-300:]}")
     done = subprocess.run([exe, *sorted(golden_dir.glob("*.vec"))], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 

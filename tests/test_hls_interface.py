@@ -83,7 +83,7 @@ def test_axilite_offsets_and_bundle_follow_the_register_map() -> None:
 def test_preprocessor_expands_the_offset_pragmas() -> None:
     compiler = find_compiler()
     if compiler is None:
-        pytest.skip("no C++ compiler")
+        pytest.skip(reason="no C++ compiler")
     done = subprocess.run([*compiler, "-std=c++17", "-E", f"-I{HLS_DIR}", str(KERNEL)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     expanded = re.findall(r"^#pragma HLS (INTERFACE s_axilite .+)$", done.stdout, re.M)

@@ -167,7 +167,7 @@ def test_a_failing_backend_leaves_everything_as_it_was(faulty, numerics: str, fa
 
 def test_opencl_share_bit_exact_and_reports_its_wire_bytes() -> None:
     if not backends.availability("opencl").usable:
-        pytest.skip(f"opencl backend unusable: {backends.availability('opencl').reason}")
+        pytest.skip(reason=f"opencl backend unusable: {backends.availability('opencl').reason}")
     single, split = params(), params()
     opt_single = HetAdam(single, numerics="fixed")
     opt_split = HetAdam(split, numerics="fixed", backend=["cpu", "opencl"], rebalance_every=3)
