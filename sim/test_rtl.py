@@ -7,14 +7,13 @@ run on it. Figures go to build/rtl/figures-<lanes>.json.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 from rtl_build import BUILD, ROOT, build, icarus_missing, missing_tools, run, sources
 
-from hetadam.filelock import file_lock
+from hetadam.numerics import golden
 
 pytestmark = pytest.mark.slow
 
@@ -26,22 +25,8 @@ needs_icarus = pytest.mark.skipif(WHY_ICARUS is not None, reason=WHY_ICARUS or "
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """Golden vectors generated from the model in this session (not committed)."""
-    from hetadam.numerics import golden
-
-    # keyed by the spec's sources: a change of spec regenerates them
-    h = hashlib.sha256()
-    pkg = ROOT / "host" / "hetadam"
-    for name in ("fixed", "formats", "scalars", "lfsr", "convert", "golden"):
-        h.update((pkg / "numerics" / f"{name}.py").read_bytes())
-    h.update((pkg / "regmap.py").read_bytes())
-    out = BUILD / f"golden-{h.hexdigest()[:12]}"
-    out.mkdir(parents=True, exist_ok=True)
-    with file_lock(BUILD / "golden.lock"):
-        if not (out / ".done").exists():
-            golden.write_all(out)
-            (out / ".done").write_text("ok\n")
-    return out
+    """The golden vectors, written once per spec; the same cache as tests/conftest.py's."""
+    return golden.cached(ROOT / "build" / "golden")
 
 
 def _run(lanes: int, tests: list[str], golden: Path | None = None) -> None:

@@ -27,6 +27,7 @@ of step K with the new gradient's exponents in ex bits 7:0.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import regmap
+from ..filelock import file_lock
 from .convert import pack_ex, pack_ms, quantize_grad, unpack_ex, unpack_ms
 from .fixed import FixedState, adam_step
 from .formats import DEFAULT, EXP_MAX, EXP_MIN, EXP_ZERO, FixedFormat, n_blocks
@@ -97,7 +99,13 @@ def run_case(
     return case
 
 
-def _random_state(rng: np.random.Generator, n: int, fmt: FixedFormat, exp_lo: int = -30, exp_hi: int = 0) -> FixedState:
+def random_state(
+    rng: np.random.Generator, n: int, fmt: FixedFormat = DEFAULT, exp_lo: int = -30, exp_hi: int = 0
+) -> FixedState:
+    """A random state of `n` elements: M and S over their whole range, P within
+    ±2^26 (±4.0 in the default format), block exponents in [exp_lo, exp_hi].
+    The stimulus of the golden cases and of the tests that compare a kernel
+    with the model."""
     nb = n_blocks(n, fmt.block)
     return FixedState(
         P=rng.integers(-(1 << 26), 1 << 26, n, dtype=np.int32),
@@ -108,9 +116,10 @@ def _random_state(rng: np.random.Generator, n: int, fmt: FixedFormat, exp_lo: in
     )
 
 
-def _random_grad(
-    rng: np.random.Generator, n: int, fmt: FixedFormat, exp_lo: int = -30, exp_hi: int = 0
+def random_grad(
+    rng: np.random.Generator, n: int, fmt: FixedFormat = DEFAULT, exp_lo: int = -30, exp_hi: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
+    """A quantised gradient (G, eg) with mantissas over their whole range."""
     nb = n_blocks(n, fmt.block)
     G = rng.integers(-fmt.g_max, fmt.g_max + 1, n).astype(np.int16)
     return G, rng.integers(exp_lo, exp_hi + 1, nb).astype(np.int8)
@@ -153,7 +162,7 @@ def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
     yield run_case("one_element", st, [(np.array([12345], np.int16), np.array([-3], np.int8))], [enc(1)])
 
     n = B + 5
-    yield run_case("partial_block", _random_state(rng, n, fmt), [_random_grad(rng, n, fmt)], [enc(3)], idx0=B)
+    yield run_case("partial_block", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(3)], idx0=B)
 
     # Largest and smallest representable values, exponents at both ends.
     n = 4 * B
@@ -181,29 +190,29 @@ def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
 
     n = 3 * B
     for name, lo, hi in (("tiny_grads", -127, -110), ("huge_grads", 110, 127)):
-        st = _random_state(rng, n, fmt, lo, hi)
-        yield run_case(name, st, [_random_grad(rng, n, fmt, lo, hi)], [enc(2)])
+        st = random_state(rng, n, fmt, lo, hi)
+        yield run_case(name, st, [random_grad(rng, n, fmt, lo, hi)], [enc(2)])
 
     n = 5 * B
-    yield run_case("step_one", _random_state(rng, n, fmt), [_random_grad(rng, n, fmt)], [enc(1)])
-    yield run_case("step_million", _random_state(rng, n, fmt), [_random_grad(rng, n, fmt)], [enc(10**6)])
+    yield run_case("step_one", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(1)])
+    yield run_case("step_million", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(10**6)])
     yield run_case(
         "adamw_decay",
-        _random_state(rng, n, fmt),
-        [_random_grad(rng, n, fmt)],
+        random_state(rng, n, fmt),
+        [random_grad(rng, n, fmt)],
         [enc(7, lr=3e-3, weight_decay=0.1, decoupled_weight_decay=True)],
     )
     yield run_case(
         "stochastic",
-        _random_state(rng, n, fmt),
-        [_random_grad(rng, n, fmt)],
+        random_state(rng, n, fmt),
+        [random_grad(rng, n, fmt)],
         [enc(9, stochastic=True, seed=0xC0FFEE)],
         idx0=7 * B,
     )
     yield run_case(
         "lr_tiny",
-        _random_state(rng, n, fmt),
-        [_random_grad(rng, n, fmt)],
+        random_state(rng, n, fmt),
+        [random_grad(rng, n, fmt)],
         [enc(4, lr=1e-12, eps=1e-25)],
     )
     for i in range(3):
@@ -215,8 +224,8 @@ def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
         }
         yield run_case(
             f"random_hyper_{i}",
-            _random_state(rng, n, fmt),
-            [_random_grad(rng, n, fmt)],
+            random_state(rng, n, fmt),
+            [random_grad(rng, n, fmt)],
             [enc(int(rng.integers(1, 1000)), **hyper, stochastic=bool(i % 2), seed=int(rng.integers(1 << 32)))],
         )
 
@@ -299,6 +308,30 @@ def write_all(directory: Path, fmt: FixedFormat = DEFAULT) -> list[Path]:
         write_case(case, path)
         paths.append(path)
     return paths
+
+
+SPEC_SOURCES = ("fixed.py", "formats.py", "scalars.py", "lfsr.py", "convert.py", "golden.py", "../regmap.py")
+"""The files that define the golden vectors: the model, its encodings and this writer."""
+
+
+def spec_hash() -> str:
+    """A short hash of SPEC_SOURCES: it changes whenever the vectors may."""
+    h = hashlib.sha256()
+    for name in SPEC_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cached(root: Path) -> Path:
+    """The golden vectors in root/<spec_hash()>, written on first use. Under a
+    file lock, so that concurrent processes (pytest-xdist workers, the RTL
+    benches) write them once; a change of the spec writes a new set."""
+    out = Path(root) / spec_hash()
+    with file_lock(Path(root) / "golden.lock"):
+        if not (out / ".done").exists():
+            write_all(out)
+            (out / ".done").write_text("ok\n")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
