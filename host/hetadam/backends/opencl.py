@@ -5,7 +5,11 @@ Device selection: ``OpenCLBackend(platform=..., device=...)`` or the
 environment variables ``HETADAM_OPENCL_PLATFORM`` / ``HETADAM_OPENCL_DEVICE``
 (an index, or a case-insensitive substring of the platform's or device's name
 and vendor). The device index counts the devices of the selected platforms in
-order. Without either, the first GPU wins, else the first device.
+order. Without either, the first GPU wins, else the first device. Only a device
+that can build a program counts: a driver may list a device whose compiler fails
+on everything (PoCL 3.0 with LLVM 14 on a CPU its LLVM does not know, such as
+Zen 5: "unknown target CPU 'generic'"), so each device builds a trivial kernel
+once per process before it is chosen.
 
 The optimizer state lives in device buffers for the life of a shard, twice
 over (committed and pending), so that a step can be committed or discarded
@@ -14,7 +18,8 @@ by swapping; an fp32 step that need not be undone (the shard is not
 pinned staging buffers (`mem_flags.ALLOC_HOST_PTR`, mapped once): the copy of
 chunk k+1 runs on a transfer queue while the kernel of chunk k runs on the
 compute queue; the parameters come back the same way. Programs are built once
-per context and build options. `bench_opencl` measures it against torch.
+per device context and build options, and die with it (`OpenCLBackend.close`).
+`bench_opencl` measures it against torch.
 See docs/opencl.md.
 """
 
@@ -64,8 +69,22 @@ WORK_GROUP = 64
 CHUNK = 1 << 18
 """Elements per staging chunk."""
 
-_PROGRAMS: dict[tuple[object, str], object] = {}
+PROBE = "__kernel void hetadam_probe(__global int *x) { x[0] = 1; }"
+"""The trivial kernel a device must build before it is chosen."""
+NO_DEVICE_REMEDY = (
+    "Install an OpenCL driver for your GPU, or the PoCL CPU device: pip install 'pyopencl[pocl]'"
+    f" (check {ENV_PLATFORM} / {ENV_DEVICE})"
+)
+BUILD_REMEDY = (
+    "Install an OpenCL driver whose compiler knows this processor (on Debian or Ubuntu: apt-get install"
+    f" pocl-opencl-icd), or choose a device that can build programs with {ENV_PLATFORM} / {ENV_DEVICE}"
+)
+_BUILD_PROBLEMS: dict[cl.Device, str | None] = {}
 T = TypeVar("T")
+
+
+class DeviceCannotBuild(LookupError):
+    """The OpenCL devices that match were found, but none can build a program."""
 
 
 def _matches(spec: str | int, index: int, names: tuple[str, ...]) -> bool:
@@ -74,9 +93,36 @@ def _matches(spec: str | int, index: int, names: tuple[str, ...]) -> bool:
     return any(spec.strip().lower() in name.lower() for name in names)
 
 
+def _first_error(log: str, fallback: str) -> str:
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [fallback])[0]
+
+
+def build_problem(device: cl.Device) -> str | None:
+    """Why `device` cannot build an OpenCL program (the first error line of its
+    build log), or None when it can. Probed with PROBE once per device and process."""
+    if device not in _BUILD_PROBLEMS:
+        try:
+            context = cl.Context([device])
+        except cl.Error as exc:
+            _BUILD_PROBLEMS[device] = f"cannot create a context: {exc}"
+            return _BUILD_PROBLEMS[device]
+        probe = cl.Program(context, PROBE)
+        try:
+            probe.build()
+            _BUILD_PROBLEMS[device] = None
+        except cl.Error as exc:
+            log = probe.get_build_info(device, cl.program_build_info.LOG)
+            _BUILD_PROBLEMS[device] = _first_error(log, str(exc).splitlines()[0])
+    return _BUILD_PROBLEMS[device]
+
+
 def select_device(platform: str | int | None = None, device: str | int | None = None) -> cl.Device:
-    """The OpenCL device chosen by the arguments, else by the environment, else
-    the first GPU, else the first device. Raises LookupError when none matches."""
+    """The OpenCL device chosen by the arguments, else by the environment, among
+    those that can build a program (`build_problem`): the first GPU, else the
+    first device. Raises LookupError when none matches, DeviceCannotBuild (a
+    LookupError naming each device's build error) when none of those can build."""
     platform = os.environ.get(ENV_PLATFORM) if platform is None else platform
     device = os.environ.get(ENV_DEVICE) if device is None else device
     try:
@@ -88,11 +134,23 @@ def select_device(platform: str | int | None = None, device: str | int | None = 
     devices = [d for p in platforms for d in p.get_devices()]
     if device is not None:
         devices = [d for i, d in enumerate(devices) if _matches(device, i, (d.name, d.vendor))]
+    wanted = ", ".join(f"{k}={v!r}" for k, v in (("platform", platform), ("device", device)) if v is not None)
     if not devices:
-        wanted = ", ".join(f"{k}={v!r}" for k, v in (("platform", platform), ("device", device)) if v is not None)
         raise LookupError(f"no OpenCL device found{' for ' + wanted if wanted else ''}")
-    gpus = [d for d in devices if d.type & cl.device_type.GPU]
-    return (gpus or devices)[0]
+    problems = []
+    for d in sorted(devices, key=lambda d: not d.type & cl.device_type.GPU):  # GPUs first, else in order
+        problem = build_problem(d)
+        if problem is None:
+            return d
+        problems.append(f"{d.platform.name}: {d.name}: {problem}")
+    raise DeviceCannotBuild(
+        f"no OpenCL device{' for ' + wanted if wanted else ''} can build a program ({'; '.join(problems)})"
+    )
+
+
+def _unusable(exc: LookupError) -> Availability:
+    remedy = BUILD_REMEDY if isinstance(exc, DeviceCannotBuild) else NO_DEVICE_REMEDY
+    return Availability(False, str(exc), remedy)
 
 
 def devices() -> list[str]:
@@ -103,14 +161,6 @@ def devices() -> list[str]:
         return [f"{p.name}: {d.name}" for p in cl.get_platforms() for d in p.get_devices()]
     except cl.Error:
         return []
-
-
-def program(context: cl.Context, options: tuple[str, ...]) -> cl.Program:
-    """adam.cl built for `context` with `options`, once."""
-    key = (context, " ".join(options))
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = cl.Program(context, SOURCE.read_text()).build(options=list(options))
-    return _PROGRAMS[key]
 
 
 def _chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
@@ -147,15 +197,22 @@ class _Staging:
                 cl.wait_for_events(self._events[k])
             self._events[k] = []
 
+    def close(self) -> None:
+        """Unmap and let the buffers go."""
+        self.drain()
+        self.host, self._pinned, self.device = [], [], []
+
 
 class _Device:
-    """A context on one device, with a compute queue and a transfer queue."""
+    """A context on one device, with a compute queue, a transfer queue and the
+    programs built in it."""
 
     def __init__(self, device: cl.Device, fp64: bool | None = None) -> None:
         self.device = device
         self.context = cl.Context([device])
         self.compute = cl.CommandQueue(self.context)
         self.transfer = cl.CommandQueue(self.context)
+        self._programs: dict[tuple[str, ...], cl.Program] = {}
         has_fp64 = "cl_khr_fp64" in device.extensions
         if fp64 and not has_fp64:
             raise ValueError(f"OpenCL device {device.name!r} has no cl_khr_fp64")
@@ -166,6 +223,22 @@ class _Device:
         # (without it OpenCL allows 2.5 and 3 ulp: no parity with torch)
         rounded = device.single_fp_config & cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT
         self.fp32_options = ("-cl-fp32-correctly-rounded-divide-sqrt",) if rounded else ()
+
+    def program(self, options: tuple[str, ...]) -> cl.Program:
+        """adam.cl built with `options`, once per context."""
+        if options not in self._programs:
+            self._programs[options] = cl.Program(self.context, SOURCE.read_text()).build(options=list(options))
+        return self._programs[options]
+
+    def close(self) -> None:
+        """Let the queues, the programs and the context go (once the shards have
+        let their buffers go); closing twice does nothing."""
+        if not hasattr(self, "context"):
+            return
+        for queue in (self.compute, self.transfer):
+            queue.finish()
+        self._programs.clear()
+        del self.compute, self.transfer, self.context
 
     def buffer(self, nbytes: int, fill: np.ndarray | None = None) -> cl.Buffer:
         buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(nbytes, 4))
@@ -217,7 +290,7 @@ class OpenCLFixedKernel(FixedKernel):
         ]
         if dev.fp64:
             opts.append("-DHETADAM_FP64")
-        self.kernel = cl.Kernel(program(dev.context, tuple(opts)), "hetadam_adam")
+        self.kernel = cl.Kernel(dev.program(tuple(opts)), "hetadam_adam")
         self.kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 4 + [np.int32] * 7 + [np.uint32] * 2 + [np.int32])
         self.chunk_blocks = max(1, chunk // fmt.block)
         cb = self.chunk_blocks
@@ -306,6 +379,13 @@ class OpenCLFixedKernel(FixedKernel):
             self._params = self.dev.read(self.p[self.cur], np.empty(self.n, np.int32))
         return self._params
 
+    def close(self) -> None:
+        """Let the device buffers and the kernel go; closing twice does nothing."""
+        if self.p:
+            self.slots.close()
+            self.p, self.ms, self.ex = [], [], []
+            del self.kernel
+
 
 # ---- fp32 ----------------------------------------------------------------------------------------
 
@@ -388,7 +468,7 @@ class OpenCLFp32Shard(Shard):
         extra = () if fma else ("-DHETADAM_NO_FMA",)
         for width in (VEC, 1):
             options = (f"-DHETADAM_VEC={width}", *dev.fp32_options, *extra)
-            kernel = cl.Kernel(program(dev.context, options), "hetadam_adam_fp32")
+            kernel = cl.Kernel(dev.program(options), "hetadam_adam_fp32")
             kernel.set_scalar_arg_dtypes([None] * 9 + [np.uint32] * 3 + [np.float32] * 8 + [np.int32])
             self.kernels[width] = kernel
         self.chunk = -(-chunk // VEC) * VEC
@@ -552,6 +632,11 @@ class OpenCLFp32Shard(Shard):
             self.dev.write(bufs[self.cur], np.asarray(value, np.float32).reshape(self.n))
         self.has_pending = False
 
+    def close(self) -> None:
+        """Let the device buffers and the kernels go."""
+        self.slots.close()
+        self.bufs, self.kernels = {}, {}
+
 
 # ---- backend -------------------------------------------------------------------------------------
 
@@ -579,9 +664,11 @@ class OpenCLBackend(Backend):
         if cl is None:
             self.availability().raise_if_unusable(self.name)
         try:
-            self.dev = _Device(select_device(platform, device), fp64)
+            chosen = select_device(platform, device)
         except LookupError as exc:
-            raise BackendUnavailable(f"backend 'opencl' is not usable here: {exc}") from exc
+            why = _unusable(exc)
+            raise BackendUnavailable(f"backend 'opencl' is not usable here: {why.reason}. {why.remedy}") from exc
+        self.dev = _Device(chosen, fp64)
         self.chunk = chunk
         self.fp32_fma = fp32_fma
 
@@ -597,13 +684,12 @@ class OpenCLBackend(Backend):
         try:
             select_device()
         except LookupError as exc:
-            return Availability(
-                False,
-                str(exc),
-                "Install an OpenCL driver for your GPU, or the PoCL CPU device: pip install 'pyopencl[pocl]'"
-                f" (check {ENV_PLATFORM} / {ENV_DEVICE})",
-            )
+            return _unusable(exc)
         return Availability(True)
+
+    def close(self) -> None:
+        """Release the context, its queues and programs (the shards release their buffers: close them first)."""
+        self.dev.close()
 
     def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat = DEFAULT) -> Shard:
         if numerics == "fp32":
