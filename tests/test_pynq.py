@@ -1,22 +1,52 @@
 """The `pynq` backend off a board: unusable with its reason; its transport
-(driver/pynq.py) exercised over a stand-in for the IP's MMIO and pynq.allocate
-that forward to the golden-model double."""
+(driver/pynq.py) exercised through pynq's own classes over doubles of what lies
+beneath them on a board.
+
+pynq's `DefaultIP`, `Interrupt` and `UioController` run as they are: the IP is
+created on first access to the overlay's attribute, its `Interrupt` keeps an
+`asyncio.Event` that binds to the first loop that waits on it, and the UIO
+controller registers its reader with `asyncio.get_event_loop().add_reader` when
+it is created. Beneath them sit doubles of the board: the IP's MMIO forwards to
+the golden-model double of the kernel, the UIO device is a pipe that the
+kernel double writes when it raises its interrupt line (level-triggered, masked
+when it fires, re-enabled by pynq's write of 1, as Linux's uio_pdrv_genirq
+does), and `pynq.allocate` hands out NumPy arrays backed by the double's memory.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from hetadam import backends, regmap
 from hetadam.backends.base import BackendError, BackendUnavailable
-from hetadam.driver import AdamDriver
+from hetadam.driver import AdamDriver, DriverError
 from hetadam.driver.fake import FakeTransport
 from hetadam.driver.state import ResidentState
 from hetadam.numerics import DEFAULT, adam_step, encode_step
 from hetadam.numerics.convert import quantize_grad, state_from_float
 
-pynq = pytest.importorskip("pynq", reason="pynq is not installed (pip install 'hetadam[pynq]')")
-driver_pynq = pytest.importorskip("hetadam.driver.pynq")
+pytest.importorskip("pynq", reason="pynq is not installed (pip install 'hetadam[pynq]')")
+import pynq.interrupt  # after the skip: pynq is optional
+import pynq.overlay
+import pynq.uio
+
+from hetadam.driver import pynq as driver_pynq
+
+HLS_VLNV = "hetadam.org:hls:hetadam_adam:1.0"
+RTL_VLNV = "hetadam.org:rtl:hetadam_adam:1.0"
+PIN = "hetadam_adam_0/interrupt"
+RAW_IRQ = 61  # IRQ_F2P[0] on a Zynq-7000
+UIO_PATH = "/dev/uio4"
 
 
 def test_unusable_off_board_with_reason_and_remedy() -> None:
@@ -29,28 +59,113 @@ def test_unusable_off_board_with_reason_and_remedy() -> None:
 
 
 def test_ip_driver_bound_to_hls_and_rtl_vlnv() -> None:
-    from pynq.overlay import _ip_drivers
-
-    for vlnv in ("hetadam.org:hls:hetadam_adam:1.0", "hetadam.org:rtl:hetadam_adam:1.0"):
-        assert _ip_drivers[vlnv] is driver_pynq.HetAdamIP
+    for vlnv in (HLS_VLNV, RTL_VLNV):
+        assert pynq.overlay._ip_drivers[vlnv] is driver_pynq.HetAdamIP
 
 
-class FakeIP:
-    """What PynqTransport uses of a HetAdamIP: read, write, interrupt."""
+# -- doubles of the board beneath pynq ---------------------------------------
 
-    def __init__(self, kernel: FakeTransport) -> None:
+
+class FakeUio:
+    """/dev/uioN of the kernel's interrupt, as uio_pdrv_genirq serves it.
+
+    Readable (4 bytes: the interrupt count) once the line is high while the
+    interrupt is enabled; firing masks it; writing a non-zero word enables it
+    again, and enabling it while the line is still high fires at once.
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        self.lock = threading.Lock()
+        self.enabled = False
+        self.level = False
+        self.fired = 0
+        self.interrupt_next_read = False
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read(self, n: int) -> bytes:
+        if self.interrupt_next_read:
+            self.interrupt_next_read = False
+            raise KeyboardInterrupt
+        return os.read(self._r, n)
+
+    def write(self, data: bytes) -> int:
+        with self.lock:
+            self.enabled = int.from_bytes(data, sys.byteorder) != 0
+            self._fire_if_due()
+        return len(data)
+
+    def set_line(self, level: bool) -> None:
+        with self.lock:
+            self.level = level
+            self._fire_if_due()
+
+    def _fire_if_due(self) -> None:
+        if self.level and self.enabled:
+            self.enabled = False
+            self.fired += 1
+            os.write(self._w, self.fired.to_bytes(4, sys.byteorder))
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:  # closed already
+                pass
+
+
+class IrqKernel(FakeTransport):
+    """The kernel double, finishing by itself (at ap_start, or `finish_after`
+    seconds later from a timer thread) rather than when its control register is
+    polled, and driving its interrupt line (GIE and ISR & IER) into a FakeUio."""
+
+    def __init__(self, uio: FakeUio) -> None:
+        super().__init__()
+        self.uio = uio
+        self.finish_after = 0.0
+        self.lock = threading.RLock()
+        self.timers: list[threading.Timer] = []
+
+    def read32(self, offset: int) -> int:
+        with self.lock:
+            return super().read32(offset)
+
+    def write32(self, offset: int, value: int) -> None:
+        with self.lock:
+            super().write32(offset, value)
+            self.uio.set_line(self.irq)
+
+    def _tick(self) -> None:
+        """Reading the control register does not move this kernel on."""
+
+    def _start(self) -> None:
+        super()._start()
+        if self.finish_after:
+            self.timers.append(threading.Timer(self.finish_after, self._finish))
+            self.timers[-1].start()
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        with self.lock:
+            while self._countdown:
+                super()._tick()
+            self.uio.set_line(self.irq)
+
+
+class FakeMMIO:
+    """pynq.MMIO over the kernel double's registers."""
+
+    def __init__(self, kernel: IrqKernel) -> None:
         self.kernel = kernel
-        self.has_interrupt = True
-        self.interrupt = self
 
-    def read(self, offset: int) -> int:
+    def read(self, offset: int = 0, length: int = 4) -> int:
         return self.kernel.read32(offset)
 
-    def write(self, offset: int, value: int) -> None:
-        self.kernel.write32(offset, value)
-
-    async def wait(self) -> None:
-        self.kernel.wait_interrupt(1.0)
+    def write(self, offset: int, data: int) -> None:
+        self.kernel.write32(offset, data)
 
 
 class FakePynqBuffer(np.ndarray):
@@ -63,9 +178,63 @@ class FakePynqBuffer(np.ndarray):
         self.kernel.sync_from_device(self.twin)
 
 
-@pytest.mark.parametrize("interrupt", [False, True])
-def test_pynq_transport_drives_the_kernel(monkeypatch: pytest.MonkeyPatch, interrupt: bool) -> None:
-    kernel = FakeTransport()
+def ip_description(vlnv: str) -> dict:
+    """An ip_dict entry as pynq parses it from the .hwh, its interrupt pin wired to the PS."""
+    return {
+        "type": vlnv,
+        "phys_addr": 0x4000_0000,
+        "addr_range": 0x1_0000,
+        "fullpath": "hetadam_adam_0",
+        "device": object(),
+        "interrupts": {"interrupt": {"controller": "", "index": 0, "fullpath": PIN}},
+    }
+
+
+class FakeOverlay:
+    """pynq.Overlay as PynqTransport.from_overlay uses it: `ip_dict`, and each
+    IP's driver (the one bound to its VLNV) created on first attribute access,
+    as pynq's IP map does."""
+
+    ip_dict: ClassVar[dict[str, dict]] = {}
+
+    def __init__(self, bitfile: str, download: bool = True) -> None:
+        self.bitfile = bitfile
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self.ip_dict:
+            raise AttributeError(name)
+        description = self.ip_dict[name]
+        ip = pynq.overlay._ip_drivers[description["type"]](description)
+        setattr(self, name, ip)
+        return ip
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The event loop current in this thread, as in the board's Python; the
+    process's own asyncio state is put back afterwards."""
+    saved = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield loop
+    finally:
+        loop.close()
+        asyncio.set_event_loop_policy(saved)
+
+
+@pytest.fixture
+def board(monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop) -> Iterator[SimpleNamespace]:
+    """pynq over the doubles: `board.kernel`, `board.uio`, and `board.ip_dict`
+    for FakeOverlay (one hetadam_adam IP with the HLS VLNV, and the PS)."""
+    uio = FakeUio()
+    kernel = IrqKernel(uio)
+    uio_devices: dict[int, object] = {}
+    FakeOverlay.ip_dict = {
+        "hetadam_adam_0": ip_description(HLS_VLNV),
+        "processing_system7_0": {"type": "xilinx.com:ip:processing_system7:5.5"},
+    }
 
     def allocate(shape: tuple[int], dtype: type) -> FakePynqBuffer:
         twin = kernel.allocate(shape[0], dtype)
@@ -74,10 +243,31 @@ def test_pynq_transport_drives_the_kernel(monkeypatch: pytest.MonkeyPatch, inter
         buf.kernel, buf.twin, buf.device_address = kernel, twin, twin.address
         return buf
 
+    def open_uio(path: str, mode: str, buffering: int = -1) -> FakeUio:
+        assert (path, mode, buffering) == (UIO_PATH, "r+b", 0)
+        return uio
+
+    pin = {"controller": "", "index": 0, "raw_irq": RAW_IRQ, "fullpath": PIN}
+    monkeypatch.setattr(pynq.overlay, "MMIO", lambda phys_addr, length, device=None: FakeMMIO(kernel))
+    monkeypatch.setattr(pynq.interrupt, "PL", SimpleNamespace(interrupt_pins={PIN: pin}))
+    monkeypatch.setattr(pynq.interrupt, "get_uio_irq", lambda irq: UIO_PATH if irq == RAW_IRQ else None)
+    monkeypatch.setattr(pynq.interrupt._InterruptController, "_uio_devices", uio_devices)
+    monkeypatch.setattr(pynq.uio, "open", open_uio, raising=False)
+    monkeypatch.setattr(driver_pynq.pynq, "Overlay", FakeOverlay)
     monkeypatch.setattr(driver_pynq.pynq, "allocate", allocate)
-    transport = driver_pynq.PynqTransport(FakeIP(kernel))
-    assert transport.interrupts
-    state = ResidentState(AdamDriver(transport, interrupt=interrupt, timeout=1.0), 100, DEFAULT, chunk=64)
+    try:
+        yield SimpleNamespace(kernel=kernel, uio=uio, ip_dict=FakeOverlay.ip_dict)
+    finally:
+        for timer in kernel.timers:
+            timer.join()
+        uio_devices.clear()  # pynq's UioController.__del__ then removes its reader from the loop and closes the device
+        gc.collect()
+        uio.close()
+
+
+def step_through(transport: driver_pynq.PynqTransport, *, interrupt: bool, timeout: float = 2.0) -> None:
+    """Two steps of 100 elements in chunks of 64 (four kernel runs), each bit-exact with the golden model."""
+    state = ResidentState(AdamDriver(transport, interrupt=interrupt, timeout=timeout), 100, DEFAULT, chunk=64)
     rng = np.random.default_rng(0)
     ref = state_from_float(rng.normal(0, 1, 100).astype(np.float32), np.zeros(100), np.zeros(100))
     state.upload(ref)
@@ -89,8 +279,86 @@ def test_pynq_transport_drives_the_kernel(monkeypatch: pytest.MonkeyPatch, inter
         ref, expect_sat = adam_step(ref, G, eg, sc, 64, DEFAULT)
         assert sat == expect_sat
         assert state.download().equals(ref)
-    assert [a["idx0"] for a in kernel.args_seen] == [64, 128, 64, 128]
-    assert kernel.regs[regmap.GIE] == int(interrupt)
+
+
+# -- the transport over pynq ---------------------------------------------------
+
+
+@pytest.mark.parametrize("interrupt", [False, True])
+def test_pynq_transport_drives_the_kernel(board: SimpleNamespace, interrupt: bool) -> None:
+    transport = driver_pynq.PynqTransport.from_overlay("hetadam.bit")
+    assert transport.interrupts
+    step_through(transport, interrupt=interrupt)
+    assert [a["idx0"] for a in board.kernel.args_seen] == [64, 128, 64, 128]
+    assert board.kernel.regs[regmap.GIE] == int(interrupt)
+    assert board.uio.fired == (4 if interrupt else 0)
+
+
+@pytest.mark.parametrize("finish_after", [0.0, 0.05], ids=["done-before-the-wait", "done-during-the-wait"])
+def test_interrupt_waits_wake_on_the_loop_pynq_registered_its_reader_on(
+    board: SimpleNamespace, loop: asyncio.AbstractEventLoop, finish_after: float
+) -> None:
+    board.kernel.finish_after = finish_after
+    transport = driver_pynq.PynqTransport.from_overlay("hetadam.bit")
+    step_through(transport, interrupt=True, timeout=1.0)
+    assert board.uio.fired == 4, "every run's wait must have woken from the interrupt"
+    assert asyncio.get_event_loop() is loop, "a later overlay load registers its readers on the same loop"
+
+
+def test_a_wait_leaves_the_threads_event_loop_in_place(board: SimpleNamespace, loop: asyncio.AbstractEventLoop) -> None:
+    transport = driver_pynq.PynqTransport.from_overlay("hetadam.bit")
+    assert not transport.wait_interrupt(0.01), "no run was started: the wait times out"
+    assert asyncio.get_event_loop() is loop, "pynq's next UioController registers on get_event_loop()"
+
+
+def test_a_wait_that_timed_out_leaves_the_interrupt_usable(board: SimpleNamespace) -> None:
+    board.kernel.finish_after = 0.3
+    transport = driver_pynq.PynqTransport.from_overlay("hetadam.bit")
+    with pytest.raises(DriverError, match=r"no interrupt from the kernel within 0\.05 s"):
+        step_through(transport, interrupt=True, timeout=0.05)
+    assert transport.wait_interrupt(2.0), "the next wait must see the late interrupt"
+    assert transport.read32(regmap.ISR) & regmap.ISR_DONE
+    assert board.uio.fired == 1
+
+
+def test_inside_a_running_loop_the_wait_polls(board: SimpleNamespace, loop: asyncio.AbstractEventLoop) -> None:
+    """A Jupyter cell runs inside the kernel's running loop: the IP is created there and the wait cannot block it."""
+    board.kernel.finish_after = 0.02
+
+    async def cell() -> None:
+        step_through(driver_pynq.PynqTransport.from_overlay("hetadam.bit"), interrupt=True)
+
+    loop.run_until_complete(cell())
+    assert len(board.kernel.args_seen) == 4
+    assert board.uio.fired == 0, "the wait polled the status register: it never enabled the interrupt"
+
+
+def test_ctrl_c_in_a_wait_comes_out_unchanged_and_the_next_wait_works(board: SimpleNamespace) -> None:
+    transport = driver_pynq.PynqTransport.from_overlay("hetadam.bit")
+    board.uio.interrupt_next_read = True
+    with pytest.raises(KeyboardInterrupt):
+        step_through(transport, interrupt=True, timeout=1.0)
+    assert transport.wait_interrupt(1.0), "the interrupt that Ctrl-C cut short is still delivered"
+    assert transport.read32(regmap.ISR) & regmap.ISR_DONE
+    step_through(transport, interrupt=True)
+
+
+@pytest.mark.parametrize("vlnv", [HLS_VLNV, RTL_VLNV, "xilinx.com:hls:hetadam_adam:1.0"])
+def test_from_overlay_finds_the_kernel_by_either_ips_vlnv(board: SimpleNamespace, vlnv: str) -> None:
+    board.ip_dict["hetadam_adam_0"] = ip_description(vlnv)
+    transport = driver_pynq.PynqTransport.from_overlay("hetadam.bit")
+    assert isinstance(transport.ip, driver_pynq.HetAdamIP) and transport.interrupts
+    assert isinstance(transport.overlay, FakeOverlay)
+    step_through(transport, interrupt=True)
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_from_overlay_wants_exactly_one_kernel(board: SimpleNamespace, count: int) -> None:
+    del board.ip_dict["hetadam_adam_0"]
+    for i in range(count):
+        board.ip_dict[f"hetadam_adam_{i}"] = ip_description(RTL_VLNV)
+    with pytest.raises(DriverError, match=r"hetadam\.bit: expected one hetadam_adam IP .* found \["):
+        driver_pynq.PynqTransport.from_overlay("hetadam.bit")
 
 
 @pytest.mark.filterwarnings("ignore:No devices found")

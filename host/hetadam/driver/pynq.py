@@ -9,6 +9,7 @@ Works on PYNQ 3.x (PYNQ-Z2, ZCU104, KV260) and 4.x images.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,22 @@ class HetAdamIP(pynq.DefaultIP):
         return getattr(self, "interrupt", None) is not None
 
 
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    """`asyncio.get_event_loop()`, where pynq's UioController registers; None when this thread has none."""
+    try:
+        return asyncio.get_event_loop()
+    except RuntimeError:
+        return None
+
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class PynqTransport(Transport):
     """Registers through the IP's MMIO, memory through `pynq.allocate`;
     interrupts when the IP's `interrupt` pin reaches the PS in the block design."""
@@ -44,6 +61,9 @@ class PynqTransport(Transport):
         self.ip = ip
         self.interrupts = ip.has_interrupt
         self.overlay: pynq.Overlay | None = None
+        self.loop = _current_loop() if self.interrupts else None
+        """The loop pynq registered the interrupt's reader on: the one current when
+        the IP was created, so create the transport right after the IP, in its thread."""
 
     @classmethod
     def from_overlay(cls, bitfile: str | Path, *, download: bool = True) -> PynqTransport:
@@ -75,13 +95,52 @@ class PynqTransport(Transport):
         buf.handle.sync_from_device()
 
     def wait_interrupt(self, timeout: float) -> bool:
-        async def wait() -> None:
-            await asyncio.wait_for(self.ip.interrupt.wait(), timeout)
+        """Wait for the IP's interrupt on the event loop pynq delivers it on;
+        poll the status register where that loop cannot run.
 
+        pynq delivers an interrupt through a reader on the UIO device that
+        `pynq.uio.UioController` adds to `asyncio.get_event_loop()` when the
+        IP's `Interrupt` is created (with the IP object), and `Interrupt.wait`
+        awaits an `asyncio.Event` that binds to the first loop it waits on. So
+        the wait runs on that loop, `self.loop`, as pynq's own drivers do
+        (`get_event_loop().run_until_complete`); a new loop (`asyncio.run`)
+        would never see the reader, and would leave no current loop behind.
+
+        When that loop cannot be run here, the wait polls ISR, the register
+        whose bits raise the line (reading it has no side effect: it is
+        toggle-on-write). That is the case inside a running loop: a Jupyter cell
+        runs inside the kernel's loop, which is also where the IP was created,
+        and this synchronous call blocks it; a helper thread cannot run the
+        reader either, since a loop runs in one thread at a time and its own
+        thread is the one waiting. Polling costs a core for the run's duration,
+        no more than the driver's polling mode does. pynq's drivers get by in
+        Jupyter with nest_asyncio re-entering the running loop; this does not
+        rely on it.
+        """
+        loop = self.loop
+        if loop is None or loop.is_closed() or loop.is_running() or _in_running_loop():
+            return self._poll_isr(timeout)
+        task = loop.create_task(self._wait_on_loop(timeout))
         try:
-            asyncio.run(wait())
+            return loop.run_until_complete(task)
+        except Exception as exc:
+            raise DriverError(f"waiting for the interrupt failed: {exc}") from exc
+        except BaseException:  # Ctrl-C: the loop finishes the cancellation when it next runs
+            task.cancel()
+            raise
+
+    async def _wait_on_loop(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.ip.interrupt.wait(), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            return False
+            return False  # pynq's Interrupt keeps its event registered: the next wait sees a late interrupt
+        return True
+
+    def _poll_isr(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.read32(regmap.ISR):
+            if time.monotonic() > deadline:
+                return False
         return True
 
     def close(self) -> None:
