@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..kernels import BackendError as BackendError
+from ..kernels import FixedKernel
 from ..numerics import FixedFormat, FixedState, adam_step
 from ..numerics.convert import params_from_fixed, params_to_fixed, state_from_float, state_to_float
 from ..numerics.fast import params_to_float_into, quantize_grad_into
@@ -31,10 +33,6 @@ from ..numerics.scalars import StepScalars, encode_step
 
 class BackendUnavailable(RuntimeError):
     """A backend cannot run here; the message says why and how to get it."""
-
-
-class BackendError(RuntimeError):
-    """A backend failed during a step; the step was not applied."""
 
 
 @dataclass(frozen=True)
@@ -116,42 +114,6 @@ class Shard(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release backend resources."""
-
-
-class FixedKernel(ABC):
-    """A `fixed` kernel with resident state: what a fixed backend implements."""
-
-    host_resident = False
-    """True when the state lives in host memory (nothing crosses a wire)."""
-
-    @abstractmethod
-    def upload(self, state: FixedState) -> None:
-        """Make `state` the committed state."""
-
-    @abstractmethod
-    def download(self) -> FixedState:
-        """The committed state."""
-
-    @abstractmethod
-    def run(self, G: np.ndarray, eg: np.ndarray, sc: StepScalars, idx0: int) -> int:
-        """One update into pending buffers (committed state untouched); returns sat_count."""
-
-    @abstractmethod
-    def stage(self, state: FixedState) -> None:
-        """Make `state` the pending state, as if `run` had computed it."""
-
-    @abstractmethod
-    def commit(self) -> None: ...
-
-    @abstractmethod
-    def discard(self) -> None: ...
-
-    @abstractmethod
-    def params(self) -> np.ndarray:
-        """The committed P as int32[n]."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources."""
 
 
 def prepare_fixed_grad(grad: np.ndarray, params: np.ndarray | None, hyper: StepHyper) -> np.ndarray:

@@ -1,55 +1,15 @@
 """The `cpu` backend: `fp32` through torch's fused CPU Adam kernel, `fixed`
-through the compiled golden model (numerics/fast.py). State lives in flat
-contiguous buffers."""
+through the compiled golden model (numerics/fast.py, in kernels.HostKernel).
+State lives in flat contiguous buffers."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..numerics import FixedFormat, FixedState
-from ..numerics.fast import adam_step_into
-from ..numerics.scalars import StepScalars
-from .base import Availability, Backend, FixedKernel, FixedShard, Segment, Shard, StepHyper
-
-
-class CpuFixedKernel(FixedKernel):
-    """Double-buffered: `run` writes the pending buffers, `commit` swaps."""
-
-    host_resident = True
-
-    def __init__(self, n: int, fmt: FixedFormat) -> None:
-        self.fmt = fmt
-        self.state = FixedState.zeros(n, fmt)
-        self.pending = FixedState.zeros(n, fmt)
-        self.has_pending = False
-
-    def upload(self, state: FixedState) -> None:
-        self.state = state.copy()
-        self.has_pending = False
-
-    def download(self) -> FixedState:
-        return self.state.copy()
-
-    def run(self, G: np.ndarray, eg: np.ndarray, sc: StepScalars, idx0: int) -> int:
-        sat = adam_step_into(self.state, G, eg, sc, idx0, self.pending, self.fmt)
-        self.has_pending = True
-        return sat
-
-    def stage(self, state: FixedState) -> None:
-        self.pending = state.copy()
-        self.has_pending = True
-
-    def commit(self) -> None:
-        if self.has_pending:
-            self.state, self.pending = self.pending, self.state
-            self.has_pending = False
-
-    def discard(self) -> None:
-        self.has_pending = False
-
-    def params(self) -> np.ndarray:
-        return self.state.P
+from ..kernels import HostKernel
+from ..numerics import FixedFormat
+from .base import Availability, Backend, FixedShard, Segment, Shard, StepHyper
 
 
 class CpuFp32Shard(Shard):
@@ -127,4 +87,4 @@ class CpuBackend(Backend):
     def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat) -> Shard:
         if numerics == "fp32":
             return CpuFp32Shard(start, n)
-        return FixedShard(start, n, CpuFixedKernel(n, fmt), fmt)
+        return FixedShard(start, n, HostKernel(n, fmt), fmt)

@@ -215,6 +215,9 @@ class HlsCsimKernel(FixedKernel):
     def params(self) -> np.ndarray:
         return self._committed.p
 
+    def pending_params(self) -> np.ndarray:
+        return self._pending.p
+
     def close(self) -> None:
         if self.workers is not None:
             self.workers.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.base import BackendError, FixedKernel
+from ..kernels import BackendError, FixedKernel
 from ..numerics import FixedFormat
 from ..numerics.scalars import StepScalars
 from . import AdamDriver, DriverError

@@ -129,5 +129,11 @@ class ResidentState:
         self.has_pending = False
 
     def params(self) -> np.ndarray:
-        parts = [pc.sets[self.cur].p.array for pc in self.pieces]
+        return self._p_of(self.cur)
+
+    def pending_params(self) -> np.ndarray:
+        return self._p_of(1 - self.cur)
+
+    def _p_of(self, which: int) -> np.ndarray:
+        parts = [pc.sets[which].p.array for pc in self.pieces]
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
