@@ -9,7 +9,9 @@
    of every file, in build/deploy/<board>/hetadam-<board>/;
 2. copy it to the board (rsync when both ends have it, else scp) into
    --remote-dir/hetadam-<board>/, or with --target DIR into DIR/hetadam-<board>/
-   (no SSH at all); only that folder is replaced;
+   (no SSH at all). Only that folder is ever replaced: the board must be a
+   plain name, the remote folder neither / nor ~, and a local destination must
+   not overlap the package it copies;
 3. run the smoke test there (it verifies the manifest first and refuses a
    corrupted package), optionally `pip install` the wheel (--install), and
    report the smoke test's JSON. Exit status: the smoke test's (0 ok, 1 a
@@ -21,12 +23,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import posixpath
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from hetadam.filelock import file_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAY_FILES = ("hetadam.bit", "hetadam.hwh")
@@ -36,8 +42,54 @@ PYNQ_PYTHON = "sudo -E /usr/local/share/pynq-venv/bin/python3"
 """The Python that sees pynq on PYNQ 3.x images (pynq needs root for the PL)."""
 
 
+BOARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 class DeployError(RuntimeError):
     pass
+
+
+def package_name(board: str) -> str:
+    """`hetadam-<board>`: the only folder a deployment replaces, here or on the board."""
+    if not BOARD_NAME.fullmatch(board):
+        raise DeployError(
+            f"board {board!r} is not a plain name (letters, digits, '.', '_', '-', not starting with '.'; "
+            "e.g. pynq-z2, zcu104, kv260)"
+        )
+    return f"hetadam-{board}"
+
+
+def refuse_overlap(dest: Path, source: Path) -> None:
+    """Refuse to replace `dest` with a copy of `source` when either lies in the other:
+    removing dest first would delete the source (or copy a folder into itself)."""
+    dest, source = dest.resolve(), source.resolve()
+    if dest == source or dest.is_relative_to(source) or source.is_relative_to(dest):
+        raise DeployError(f"refusing to replace {dest}: it overlaps {source}, which it is made from")
+
+
+def replace_tree(dest: Path, source: Path) -> None:
+    """Make `dest` (a folder named hetadam-<board>) a copy of `source`."""
+    refuse_overlap(dest, source)
+    if dest.is_symlink() or dest.is_file():
+        dest.unlink()  # a link is replaced, never followed
+    elif dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest)
+
+
+def remote_package_dir(remote_dir: str, name: str) -> str:
+    """`<remote_dir>/<name>` on the board; refuses a remote_dir that is /, ~ or empty."""
+    if not remote_dir.strip():
+        raise DeployError("--remote-dir is empty: give a folder relative to the login's home, e.g. hetadam")
+    if remote_dir.startswith("~"):
+        raise DeployError(
+            f"--remote-dir {remote_dir!r}: ~ is not expanded in the remote command; "
+            "give the folder relative to the login's home (e.g. hetadam) or as an absolute path"
+        )
+    folder = posixpath.normpath(remote_dir)
+    if folder == "/" or folder == "//":  # normpath keeps a leading "//"
+        raise DeployError(f"--remote-dir {remote_dir!r} is the root folder: give a folder of its own, e.g. hetadam")
+    return posixpath.join(folder, name)
 
 
 def sha256(path: Path) -> str:
@@ -49,7 +101,9 @@ def sha256(path: Path) -> str:
 
 
 def build_wheel(out: Path) -> Path:
-    with tempfile.TemporaryDirectory() as tmp:
+    """The hetadam wheel of this tree, copied into `out`. setuptools builds in the
+    tree (build/, host/hetadam.egg-info), so concurrent builds take turns."""
+    with tempfile.TemporaryDirectory() as tmp, file_lock(ROOT / "build" / "wheel.lock"):
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp, str(ROOT)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("hetadam-*.whl"))
@@ -65,7 +119,10 @@ def package(board: str, overlay_dir: Path, out_dir: Path, wheel: Path | None = N
         raise DeployError(
             f"no overlay in {overlay_dir} (missing {', '.join(missing)}): run `make bitstream BOARD={board}` first"
         )
-    pkg = out_dir / f"hetadam-{board}"
+    pkg = out_dir.resolve() / package_name(board)
+    for source in (overlay_dir, ROOT, *([wheel] if wheel else [])):
+        if source.resolve().is_relative_to(pkg):
+            raise DeployError(f"refusing to replace {pkg}: {source}, which goes into the package, lies in it")
     shutil.rmtree(pkg, ignore_errors=True)
     (pkg / "overlay").mkdir(parents=True)
     for name in OVERLAY_FILES:
@@ -101,13 +158,17 @@ class Remote:
         return done
 
     def copy(self, pkg: Path, remote_dir: str) -> str:
-        """Make remote_dir (the package's own folder) a copy of the package; returns the method used."""
-        self.run(f"mkdir -p {shlex.quote(remote_dir)}")
+        """Make remote_dir, the package's own folder (remote_package_dir), a copy of the package;
+        returns the method used. Nothing outside remote_dir is removed."""
+        if not posixpath.basename(remote_dir).startswith("hetadam-"):
+            raise DeployError(f"refusing to replace {self.host}:{remote_dir}: not a package folder (hetadam-<board>)")
+        q = shlex.quote(remote_dir)
+        self.run(f"mkdir -p {q}")
         has_rsync = shutil.which("rsync") and self.run("command -v rsync", check=False).returncode == 0
         if has_rsync:
             cmd = ["rsync", "-a", "--delete", "-e", shlex.join(self.ssh_cmd()), f"{pkg}/", f"{self.host}:{remote_dir}/"]
         else:
-            self.run(f"rm -rf {shlex.quote(remote_dir)} && mkdir -p {shlex.quote(remote_dir)}")
+            self.run(f"rm -rf -- {q} && mkdir -p -- {q}")
             cmd = ["scp", "-r", "-q", *self.opts, *(["-P", str(self.port)] if self.port else [])]
             cmd += [*(str(p) for p in sorted(pkg.iterdir())), f"{self.host}:{remote_dir}/"]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -158,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --host (a board over ssh) or --target (a local folder)")
 
     try:
+        name = package_name(args.board)
         if args.from_package:
-            pkg = args.from_package
+            pkg = args.from_package.resolve()
         else:
             overlay_dir = args.overlay_dir or ROOT / "build" / "boards" / args.board
             pkg = package(args.board, overlay_dir, args.out / args.board, args.wheel)
@@ -167,28 +229,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.package_only:
             return 0
         try:
-            wheel = json.loads((pkg / MANIFEST).read_text())["wheel"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise DeployError(f"{pkg} is not a package ({exc})") from exc
+            manifest = json.loads((pkg / MANIFEST).read_text())
+            wheel, board = manifest["wheel"], manifest["board"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DeployError(f"{pkg} is not a package ({exc!r})") from exc
+        if board != args.board:
+            raise DeployError(f"{pkg} is a package for {board!r}, not for --board {args.board!r}")
         smoke_args = ["--transport", args.transport, *(["--driver-only"] if args.driver_only else [])]
         # the package lands in a folder of its own name, the only one replaced
         if args.target:
-            dest = args.target.resolve() / pkg.name
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(pkg, dest)
+            dest = args.target.resolve() / name
+            replace_tree(dest, pkg)
             python = args.python or shlex.quote(sys.executable)
             command = smoke_command(python, str(dest), smoke_args, args.install, wheel)
             done = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
             where = str(dest)
         else:
+            remote_dir = remote_package_dir(args.remote_dir, name)
             remote = Remote(args.host, args.port, args.identity, args.ssh_option)
-            remote_dir = f"{args.remote_dir.rstrip('/')}/{pkg.name}"
             method = remote.copy(pkg, remote_dir)
             print(f"copied to {args.host}:{remote_dir} with {method}", file=sys.stderr)
             command = smoke_command(args.python or PYNQ_PYTHON, remote_dir, smoke_args, args.install, wheel)
             done = remote.run(command, check=False)
             where = f"{args.host}:{remote_dir}"
-    except DeployError as exc:
+    except (DeployError, OSError) as exc:
         print(f"deploy failed: {exc}", file=sys.stderr)
         return 2
     report = parse_report(done.stdout)

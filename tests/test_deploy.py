@@ -1,13 +1,16 @@
 """Deployment to a board (scripts/deploy_pynq.py + scripts/board_smoke.py), end to
 end against this machine: into a local folder, and over SSH to an sshd on
 loopback started for the test. The overlay is dummy bytes and the smoke test
-runs dry (`--transport fake`: the golden-model double instead of a board)."""
+runs dry (`--transport fake`: the golden-model double instead of a board).
+What a deployment may delete (only `hetadam-<board>/`) is checked locally, over
+a recorded ssh, and over the loopback sshd."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -17,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from hetadam.filelock import file_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = Path("/usr/sbin/sshd")
@@ -40,9 +45,18 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return deploy.build_wheel(tmp_path_factory.mktemp("wheel"))
+    """One wheel for the whole run: pytest-xdist workers share their run's folder and build it once, in turn."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    with file_lock(root / "wheel.lock"):
+        built = sorted((root / "wheel").glob("hetadam-*.whl"))
+        if built:
+            return built[0]
+        (root / "wheel").mkdir()
+        return deploy.build_wheel(root / "wheel")
 
 
 def flip_byte(path: Path, at: int = 100) -> None:
@@ -126,6 +140,151 @@ def test_smoke_refuses_a_tampered_manifest(overlay: Path, wheel: Path, tmp_path:
     assert "package refused" in json.loads(done.stdout)["refused"]
 
 
+# -- what a deployment may delete: only hetadam-<board>/ ------------------
+
+
+def file_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("board", ["x/..", "../x", "..", ".", "", "a/b", "/tmp", "-rf", "pynq z2"])
+def test_a_board_name_that_is_not_a_plain_name_is_refused(
+    overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture, board: str
+) -> None:
+    zone = tmp_path / "zone"  # anything the old code deleted stays in here
+    (zone / "target").mkdir(parents=True)
+    (zone / "keep.txt").write_text("the user's file")
+    (zone / "target" / "keep.txt").write_text("the user's file")
+    before = file_tree(tmp_path)
+    rc = deploy.main([
+        f"--board={board}", "--overlay-dir", str(overlay), "--out", str(zone / "out"), "--wheel", str(wheel),
+        "--target", str(zone / "target"), "--transport", "fake", "--driver-only",
+    ])  # fmt: skip
+    assert rc == 2
+    assert f"deploy failed: board {board!r} is not a plain name" in capsys.readouterr().err
+    assert file_tree(tmp_path) == before, "nothing may be created or deleted"
+
+
+@pytest.fixture
+def built(overlay: Path, wheel: Path, tmp_path: Path) -> Path:
+    """A package for pynq-z2, as `make deploy-package` leaves it."""
+    return deploy.package("pynq-z2", overlay, tmp_path / "out" / "pynq-z2", wheel)
+
+
+def test_from_package_dot_inside_the_package_replaces_only_its_own_folder(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    board = tmp_path / "board"
+    (board / "hetadam-kv260").mkdir(parents=True)
+    (board / "hetadam-kv260" / "manifest.json").write_text("another board's package")
+    (board / "keep.txt").write_text("the user's file")
+    monkeypatch.chdir(built)
+    rc, report, err = run_deploy(
+        capsys, "--board", "pynq-z2", "--from-package", ".", "--target", str(board), "--transport", "fake",
+        "--driver-only",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert report["ok"] and Path(report["package"]) == board / "hetadam-pynq-z2"
+    assert (board / "keep.txt").read_text() == "the user's file"
+    assert (board / "hetadam-kv260" / "manifest.json").read_text() == "another board's package"
+
+
+@pytest.mark.parametrize("where", ["parent", "package", "inside", "holds-source"])
+def test_a_destination_overlapping_the_package_is_refused(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    source = built
+    if where == "holds-source":  # the source lies in the folder the deployment would replace
+        source = tmp_path / "board" / "hetadam-pynq-z2" / "incoming"
+        shutil.copytree(built, source)
+    target = {
+        "parent": built.parent,  # target/hetadam-pynq-z2 is the package itself
+        "package": built,
+        "inside": built / "overlay",
+        "holds-source": tmp_path / "board",
+    }[where]
+    before = file_tree(tmp_path)
+    rc = deploy.main(["--board", "pynq-z2", "--from-package", str(source), "--target", str(target),
+                      "--transport", "fake", "--driver-only"])  # fmt: skip
+    assert rc == 2
+    assert "deploy failed: refusing to replace" in capsys.readouterr().err
+    assert file_tree(tmp_path) == before
+
+
+def test_packaging_refuses_an_out_folder_that_holds_the_overlay(overlay: Path, wheel: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    inside = out / "hetadam-pynq-z2" / "from-vivado"
+    shutil.copytree(overlay, inside)
+    with pytest.raises(deploy.DeployError, match=r"refusing to replace .*: .*from-vivado, which goes into the package"):
+        deploy.package("pynq-z2", inside, out, wheel)
+    assert file_tree(inside) == file_tree(overlay)
+
+
+def test_a_package_for_another_board_is_refused(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = deploy.main(["--board", "kv260", "--from-package", str(built), "--target", str(tmp_path / "board")])
+    assert rc == 2
+    assert "is a package for 'pynq-z2', not for --board 'kv260'" in capsys.readouterr().err
+    assert not (tmp_path / "board").exists()
+
+
+@pytest.mark.parametrize("remote_dir", ["/", "//", "/srv/..", "~", "~/hetadam", "", " "])
+def test_a_remote_dir_of_root_or_home_is_refused_before_connecting(
+    built: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, remote_dir: str
+) -> None:
+    monkeypatch.setattr(deploy, "subprocess", None)  # any command run would fail this test
+    rc = deploy.main(["--board", "pynq-z2", "--from-package", str(built), "--host", "xilinx@board",
+                      "--remote-dir", remote_dir])  # fmt: skip
+    assert rc == 2
+    expect = "--remote-dir is empty" if not remote_dir.strip() else f"--remote-dir {remote_dir!r}"
+    assert f"deploy failed: {expect}" in capsys.readouterr().err
+
+
+class RecordedSsh:
+    """deploy_pynq's `subprocess` with every command recorded and none run: the
+    board has no rsync, its smoke test reports success."""
+
+    CompletedProcess = subprocess.CompletedProcess
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def run(self, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        self.commands.append(cmd)
+        remote = cmd[-1] if cmd[0] == "ssh" else ""
+        if remote == "command -v rsync":
+            return subprocess.CompletedProcess(cmd, 1, "", "")
+        stdout = json.dumps({"ok": True}) + "\n" if "board_smoke.py" in remote else ""
+        return subprocess.CompletedProcess(cmd, 0, stdout, "")
+
+    def removed(self) -> list[str]:
+        """The operands of every rm the ssh commands ran."""
+        out = []
+        for cmd in self.commands:
+            if cmd[0] == "ssh":
+                words = shlex.split(cmd[-1])
+                for i, word in enumerate(words):
+                    if word == "rm":
+                        out += [w for w in words[i + 1 : words.index("&&", i)] if not w.startswith("-")]
+        return out
+
+
+@pytest.mark.parametrize(("remote_dir", "expect"), [("hetadam", "hetadam"), ("/srv/boards/", "/srv/boards")])
+def test_over_scp_only_the_package_folder_is_removed(
+    built: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, remote_dir: str, expect: str
+) -> None:
+    ssh = RecordedSsh()
+    monkeypatch.setattr(deploy, "subprocess", ssh)
+    monkeypatch.setattr(deploy.shutil, "which", lambda name: None)
+    monkeypatch.chdir(built)
+    rc = deploy.main(
+        ["--board", "pynq-z2", "--from-package", ".", "--host", "xilinx@board", "--remote-dir", remote_dir]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert ssh.removed() == [f"{expect}/hetadam-pynq-z2"]
+    scp = next(cmd for cmd in ssh.commands if cmd[0] == "scp")
+    assert scp[-1] == f"xilinx@board:{expect}/hetadam-pynq-z2/"
+
+
 # -- over SSH -------------------------------------------------------------
 
 
@@ -196,7 +355,8 @@ def test_deploy_over_ssh_dry_run(
     if copier == "scp":
         monkeypatch.setattr(deploy.shutil, "which", lambda name: None if name == "rsync" else shutil.which(name))
     remote = tmp_path / "remote"
-    (remote / "keep.txt").parent.mkdir()
+    (remote / "hetadam-kv260").mkdir(parents=True)
+    (remote / "hetadam-kv260" / "manifest.json").write_text("another board's package")
     (remote / "keep.txt").write_text("the user's file")
     rc, report, err = run_deploy(
         capsys, *sshd["args"], "--board", "zcu104", "--overlay-dir", str(overlay), "--out", str(tmp_path / "out"),
@@ -208,6 +368,7 @@ def test_deploy_over_ssh_dry_run(
     assert Path(report["hetadam"]).is_relative_to(remote / "hetadam-zcu104" / "site")
     assert json.loads((remote / "hetadam-zcu104" / "manifest.json").read_text())["board"] == "zcu104"
     assert (remote / "keep.txt").read_text() == "the user's file", "only the package's own folder is replaced"
+    assert (remote / "hetadam-kv260" / "manifest.json").read_text() == "another board's package"
 
 
 def test_corrupted_package_refused_over_ssh(
