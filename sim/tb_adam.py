@@ -150,7 +150,8 @@ class TB:
         isr = await self.read_reg(regmap.ISR)
         assert isr & regmap.ISR_DONE
         await self.write_reg(regmap.ISR, isr)  # toggle on write: clears
-        assert not self.dut.interrupt.value or True
+        assert await self.read_reg(regmap.ISR) == 0, "ISR not cleared by writing its bits back"
+        assert not self.dut.interrupt.value, "the interrupt line is high with ISR clear"
         return cycles
 
     def dump_state(self) -> None:
