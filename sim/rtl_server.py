@@ -5,7 +5,10 @@ A cocotb test that resets `hetadam_adam`, puts an AxiLiteMaster on its
 backed by ONE SparseMemory (the driver allocates its buffers at distinct
 addresses of one address space, as on a board), connects to the host's Unix
 socket (path in $HETADAM_RTL_SOCKET) and serves the requests of
-hetadam/driver/sim.py until QUIT or until the host goes away.
+hetadam/driver/sim.py until QUIT or until the host goes away. A request that
+names more than wire.MAX_TRANSFER bytes, or memory outside the address space,
+is refused before anything is allocated; a MEM_WRITE so refused also ends the
+connection (its payload cannot be skipped safely).
 
 Started by hetadam.backends.rtl_sim (never by pytest directly): it is not a
 test of the RTL, it is the RTL as a device.
@@ -83,6 +86,8 @@ class Server:
         return 1
 
     async def handle(self, op: int, a: int, b: int, conn: socket.socket) -> bytes | int:
+        if op in (wire.MEM_WRITE, wire.MEM_READ):
+            check_range(op, a, b)
         if op == wire.READ32:
             return await self.ctrl.read_dword(a)
         if op == wire.WRITE32:
@@ -98,23 +103,53 @@ class Server:
         raise ValueError(f"unknown request {op}")
 
     async def serve(self, conn: socket.socket) -> None:
-        while True:
-            try:
-                op, a, b = wire.REQUEST.unpack(wire.recv_exact(conn, wire.REQUEST.size))
-            except ConnectionError:
-                return  # the host went away
-            if op == wire.QUIT:
-                return
-            try:
-                result = await self.handle(op, a, b, conn)
-            except Exception as exc:  # reported to the host, which raises it
-                message = f"{type(exc).__name__}: {exc}".encode()
-                conn.sendall(wire.ANSWER.pack(wire.ERROR, len(message)) + message)
-                continue
-            if isinstance(result, bytes):
-                conn.sendall(wire.ANSWER.pack(wire.OK, len(result)) + result)
-            else:
-                conn.sendall(wire.ANSWER.pack(wire.OK, result))
+        """Answer requests until QUIT, the host leaves, or a refused MEM_WRITE."""
+        try:
+            while await self.serve_one(conn):
+                pass
+        except ConnectionError:
+            return  # the host went away, possibly mid-request
+
+    async def serve_one(self, conn: socket.socket) -> bool:
+        """Answer one request; False when the connection is to end."""
+        op, a, b = wire.REQUEST.unpack(wire.recv_exact(conn, wire.REQUEST.size))
+        if op == wire.QUIT:
+            return False
+        try:
+            result = await self.handle(op, a, b, conn)
+        except TransferRefused as exc:
+            send_error(conn, exc)
+            return op != wire.MEM_WRITE  # its payload would be taken for requests
+        except ConnectionError:
+            raise
+        except Exception as exc:  # reported to the host, which raises it
+            send_error(conn, exc)
+            return True
+        if isinstance(result, bytes):
+            conn.sendall(wire.ANSWER.pack(wire.OK, len(result)) + result)
+        else:
+            conn.sendall(wire.ANSWER.pack(wire.OK, result))
+        return True
+
+
+class TransferRefused(ValueError):
+    """A MEM_READ or MEM_WRITE the server will not carry out."""
+
+
+def check_range(op: int, address: int, length: int) -> None:
+    """Refuse a transfer longer than wire.MAX_TRANSFER or outside the address space."""
+    name = "MEM_WRITE" if op == wire.MEM_WRITE else "MEM_READ"
+    if length > wire.MAX_TRANSFER:
+        raise TransferRefused(f"{name} of {length} bytes refused: at most {wire.MAX_TRANSFER} bytes a request")
+    if address + length > MEMORY_SIZE:
+        raise TransferRefused(
+            f"{name} of {length} bytes at 0x{address:x} refused: outside the {MEMORY_SIZE:#x}-byte address space"
+        )
+
+
+def send_error(conn: socket.socket, exc: Exception) -> None:
+    message = f"{type(exc).__name__}: {exc}".encode()
+    conn.sendall(wire.ANSWER.pack(wire.ERROR, len(message)) + message)
 
 
 @cocotb.test()

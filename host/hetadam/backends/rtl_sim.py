@@ -9,10 +9,14 @@ cocotb_tools.runner. The server connects to a Unix socket this process
 listens on; `SimTransport` (driver/sim.py) speaks to it, and `AdamDriver` and
 `DriverKernel` are exactly the code that runs on a board.
 
-The process stops with `close()` (the optimizer's, or at interpreter exit). If
-it dies or stops answering, the step fails with BackendError naming this
-backend (every socket read has a timeout) and the committed state stays as it
-was.
+The process stops with `close()` (the optimizer's, or at interpreter exit),
+which also removes its temporary folder (socket, log); when the host is killed
+instead, the simulator sees the socket close, ends, and removes the folder
+itself. The folder is made where its socket's path fits AF_UNIX's limit: under
+$TMPDIR, or under /tmp when $TMPDIR is too long. If the simulator dies or
+stops answering, the step fails with BackendError naming this backend (every
+socket read has a timeout) and the committed state stays as it was; so does a
+step interrupted mid-request (Ctrl-C), after which the connection is closed.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ TOP = regmap.KERNEL_NAME
 SERVER_MODULE = "rtl_server"
 BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0")
 TIMESCALE = ("1ns", "1ps")
+WORKDIR_PREFIX = "hetadam-rtl-"
+SOCKET_NAME = "sock"
+SUN_PATH_MAX = 104
+"""Bytes of a Unix socket's path every platform accepts (108 on Linux, 104 on macOS, with the NUL)."""
 
 
 class BuildError(RuntimeError):
@@ -151,47 +159,80 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def make_workdir() -> Path:
+    """A private temporary folder whose socket path fits SUN_PATH_MAX: under
+    $TMPDIR (tempfile's directory), else under /tmp."""
+    base = tempfile.gettempdir()
+    longest = os.path.join(base, WORKDIR_PREFIX + "x" * 8, SOCKET_NAME)  # mkdtemp adds 8 characters
+    if len(os.fsencode(longest)) >= SUN_PATH_MAX:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=base))
+
+
 class Simulator:
-    """The simulator process and the connection to it."""
+    """The simulator process and the connection to it. A failure to start
+    raises BackendError with a remedy, after stopping the process and removing
+    the temporary folder."""
 
     def __init__(self, root: Path, *, timeout: float, start_timeout: float) -> None:
         self.owner = os.getpid()  # a forked child must not stop its parent's simulator
-        self.workdir = Path(tempfile.mkdtemp(prefix="hetadam-rtl-"))
-        self.log_path = self.workdir / "sim.log"
-        path = str(self.workdir / "sock")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
-        listener.listen(1)
-        listener.settimeout(0.2)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, "--root", str(root), "--socket", path, "--workdir", str(self.workdir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=tool_env(),
-                start_new_session=True,
-            )
-        atexit.register(self.close)
-        deadline = time.monotonic() + start_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.transport: SimTransport | None = None
         try:
-            while True:
-                try:
-                    conn, _ = listener.accept()
-                    break
-                except TimeoutError:
-                    if self.proc.poll() is not None:
-                        raise BackendError(f"backend 'rtl-sim': the simulator did not start{self.context()}") from None
-                    if time.monotonic() > deadline:
-                        raise BackendError(
-                            f"backend 'rtl-sim': the simulator did not start within {start_timeout:g} s{self.context()}"
-                        ) from None
+            self.workdir = make_workdir()
+        except OSError as exc:
+            raise BackendError(
+                f"backend 'rtl-sim' cannot create its temporary folder ({exc}). Set TMPDIR to a writable folder"
+            ) from exc
+        self.log_path = self.workdir / "sim.log"
+        try:
+            conn = self._start(root, start_timeout)
         except BaseException:
             self.close()
             raise
-        finally:
-            listener.close()
         self.transport = SimTransport(conn, timeout=timeout, context=self.context)
+
+    def _start(self, root: Path, start_timeout: float) -> socket.socket:
+        """Start the process and wait for it to connect."""
+        path = str(self.workdir / SOCKET_NAME)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            try:
+                listener.bind(path)
+                listener.listen(1)
+            except OSError as exc:
+                raise BackendError(
+                    f"backend 'rtl-sim' cannot listen on the Unix socket {path} ({exc}). Set TMPDIR to a short,"
+                    " writable folder"
+                ) from exc
+            listener.settimeout(0.2)
+            command = [sys.executable, "-m", __name__, "--root", str(root), "--socket", path]
+            command += ["--workdir", str(self.workdir), "--host-pid", str(os.getpid())]
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=tool_env(),
+                    start_new_session=True,
+                )
+            atexit.register(self.close)
+            deadline = time.monotonic() + start_timeout
+            while True:
+                try:
+                    return listener.accept()[0]
+                except TimeoutError:
+                    if self.proc.poll() is not None:
+                        raise BackendError(
+                            f"backend 'rtl-sim': the simulator did not start{self.context()}. Fix what its log"
+                            " says; `hetadam info` checks the tools"
+                        ) from None
+                    if time.monotonic() > deadline:
+                        raise BackendError(
+                            f"backend 'rtl-sim': the simulator did not start within {start_timeout:g} s"
+                            f"{self.context()}. The first start builds the Verilator model (minutes): allow it a"
+                            " longer start_timeout"
+                        ) from None
 
     def context(self) -> str:
         """Why the simulator went away, for error messages."""
@@ -211,11 +252,11 @@ class Simulator:
         atexit.unregister(self.close)
         if os.getpid() != self.owner:
             return
-        transport = getattr(self, "transport", None)
+        transport = self.transport
         answering = transport is not None and not transport.closed
         if transport is not None:
             transport.close()
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=10 if answering else 0.5)
             except subprocess.TimeoutExpired:
@@ -279,6 +320,9 @@ class RtlSimBackend(Backend):
             except DriverError as exc:
                 self.close()
                 raise BackendError(f"backend {self.name!r}: {exc}") from exc
+            except BaseException:
+                self.close()
+                raise
         return self.driver
 
     def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat) -> Shard:
@@ -300,22 +344,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--host-pid", type=int, required=True, help="the host's process, which removes the workdir")
     args = parser.parse_args(argv)
+    try:
+        return run_server(args.root, args.socket, args.workdir)
+    finally:
+        if os.getppid() != args.host_pid:  # the host was killed: no one else will remove the folder
+            shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def run_server(root: Path, socket_path: str, workdir: Path) -> int:
+    """Build the model (once) and serve the host until it quits or goes away."""
     from cocotb_tools.runner import get_runner
 
     try:
-        build_dir = ensure_built(args.root)
+        build_dir = ensure_built(root)
     except BuildError as exc:
         print(exc, file=sys.stderr)
         return 1
-    sys.path.insert(0, str(args.root / "sim"))
+    sys.path.insert(0, str(root / "sim"))
     get_runner("verilator").test(
         test_module=SERVER_MODULE,
         hdl_toplevel=TOP,
         hdl_toplevel_lang="verilog",
         build_dir=build_dir,
-        test_dir=args.workdir,
-        extra_env={SOCKET_ENV: args.socket, "COCOTB_LOG_LEVEL": "WARNING", "GPI_LOG_LEVEL": "WARNING"},
+        test_dir=workdir,
+        extra_env={SOCKET_ENV: socket_path, "COCOTB_LOG_LEVEL": "WARNING", "GPI_LOG_LEVEL": "WARNING"},
         timescale=TIMESCALE,
     )
     return 0

@@ -14,6 +14,12 @@ answer is `<BQ`: status, value, followed for MEM_READ (and for errors) by
     WAIT_IRQ  a = timeout in ms                    -> 1 raised, 0 timed out
     QUIT                                           (the simulation ends)
 
+A MEM_WRITE or MEM_READ moves MAX_TRANSFER bytes at most: the server refuses
+a longer one before it allocates anything, and the transport splits larger
+buffers. A request interrupted half-way (Ctrl-C while its answer is on the
+way) leaves the two ends out of step, so the transport closes the connection
+and every later call says so.
+
 Host-side buffers are NumPy arrays; the transport hands out device addresses
 from a bump allocator (4 KiB aligned, above 4 GiB so both address words
 matter) and copies bytes on sync.
@@ -37,6 +43,9 @@ REQUEST = struct.Struct("<BQQ")
 ANSWER = struct.Struct("<BQ")
 OK, ERROR = 0, 1
 ALIGN = 4096
+MAX_TRANSFER = 1 << 26
+"""Bytes one MEM_WRITE or MEM_READ moves at most (64 MiB)."""
+INTERRUPTED = "the simulator connection was interrupted mid-request and closed; create a new optimizer/backend"
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -73,25 +82,42 @@ class SimTransport(Transport):
         self.context = context
         self._next = base
         self.closed = False
+        self._closed_because = "the simulator connection is closed"
 
-    def _call(self, op: int, a: int = 0, b: int = 0, payload: bytes = b"", timeout: float | None = None) -> bytes:
+    def _call(
+        self, op: int, a: int = 0, b: int = 0, payload: bytes | memoryview = b"", timeout: float | None = None
+    ) -> bytes:
         if self.closed:
-            raise DriverError("the simulator connection is closed")
+            raise DriverError(self._closed_because)
         try:
             self.conn.settimeout(timeout or self.timeout)
-            self.conn.sendall(REQUEST.pack(op, a, b) + payload)
+            self.conn.sendall(REQUEST.pack(op, a, b))
+            if payload:
+                self.conn.sendall(payload)
             status, value = ANSWER.unpack(recv_exact(self.conn, ANSWER.size))
             data = recv_exact(self.conn, value) if op == MEM_READ or status != OK else value.to_bytes(8, "little")
         except TimeoutError as exc:
-            self.closed = True
             limit = timeout or self.timeout
+            self._close_after(f"the simulator did not answer within {limit:g} s")
             raise DriverError(f"the simulator did not answer within {limit:g} s{self.context()}") from exc
         except OSError as exc:
-            self.closed = True
+            self._close_after(f"lost the simulator ({exc})")
             raise DriverError(f"lost the simulator ({exc}){self.context()}") from exc
+        except BaseException:  # KeyboardInterrupt, SystemExit: an answer may still be on its way
+            self._closed_because = INTERRUPTED
+            self.closed = True
+            self.conn.close()  # the simulator sees the host leave and ends
+            raise
         if status != OK:
             raise DriverError(f"the simulator failed: {data.decode(errors='replace')}")
+        if op == MEM_READ and len(data) != b:
+            self._close_after(f"a MEM_READ of {b} bytes was answered with {len(data)}")
+            raise DriverError(f"protocol violation: a MEM_READ of {b} bytes was answered with {len(data)}")
         return data
+
+    def _close_after(self, failure: str) -> None:
+        self._closed_because = f"the simulator connection was closed after an earlier failure ({failure})"
+        self.closed = True
 
     def read32(self, offset: int) -> int:
         return int.from_bytes(self._call(READ32, offset), "little") & 0xFFFF_FFFF
@@ -106,13 +132,16 @@ class SimTransport(Transport):
         return Buffer(array, address)
 
     def sync_to_device(self, buf: Buffer) -> None:
-        if buf.array.nbytes:
-            self._call(MEM_WRITE, buf.address, buf.array.nbytes, buf.array.tobytes())
+        data = memoryview(np.ascontiguousarray(buf.array)).cast("B")
+        for lo in range(0, len(data), MAX_TRANSFER):
+            piece = data[lo : lo + MAX_TRANSFER]
+            self._call(MEM_WRITE, buf.address + lo, len(piece), piece)
 
     def sync_from_device(self, buf: Buffer) -> None:
-        if buf.array.nbytes:
-            data = self._call(MEM_READ, buf.address, buf.array.nbytes)
-            buf.array[:] = np.frombuffer(data, buf.array.dtype)
+        data = memoryview(buf.array.reshape(-1).view(np.uint8))
+        for lo in range(0, len(data), MAX_TRANSFER):
+            hi = min(lo + MAX_TRANSFER, len(data))
+            data[lo:hi] = self._call(MEM_READ, buf.address + lo, hi - lo)
 
     def wait_interrupt(self, timeout: float) -> bool:
         raised = self._call(WAIT_IRQ, round(timeout * 1000), timeout=timeout + self.timeout)
