@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .backends.base import Segment
@@ -37,6 +38,13 @@ class GroupLayout:
             numels.append(p.numel())
             at += round_up(p.numel(), block)
         return cls(tuple(offsets), tuple(numels), at, block)
+
+    def flatten(self, params: list[torch.Tensor]) -> np.ndarray:
+        """The parameters' current values over the flat space (float32, 0 in the padding)."""
+        flat = np.zeros(self.size, np.float32)
+        for p, off, numel in zip(params, self.offsets, self.numels, strict=True):
+            flat[off : off + numel] = p.detach().reshape(-1).numpy()
+        return flat
 
     def segments(self, params: list[torch.Tensor], steps: list[int], start: int, n: int) -> list[Segment]:
         """Views of the parameters and their gradients inside [start, start + n),

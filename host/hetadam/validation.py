@@ -17,15 +17,12 @@ import numpy as np
 import torch
 
 from . import backends
+from .backends.base import NonFiniteGradientError as NonFiniteGradientError
 from .finite import all_finite
 from .numerics import FixedFormat
 from .numerics.scalars import encode_alpha, encode_eps, encode_step
 
 NUMERICS = ("fp32", "fixed")
-
-
-class NonFiniteGradientError(ValueError):
-    """A gradient holds NaN or Inf; the step was not applied."""
 
 
 def scalar(x: float | torch.Tensor) -> float:
@@ -129,22 +126,13 @@ def check_numerics(numerics: str, amsgrad: bool) -> None:
 # -- backends -----------------------------------------------------------------
 
 
-def resolve_backends(backend: str | Sequence[str], numerics: str) -> list[str]:
-    """The backend names `backend` stands for ("auto": every usable backend
-    that runs `numerics`, else "cpu")."""
-    if isinstance(backend, str):
-        if backend == "auto":
-            names = [
-                n
-                for n in backends.NAMES
-                if backends.availability(n).usable and numerics in backends.backend_class(n).numerics
-            ]
-            return names or ["cpu"]
-        names = [backend]
-    else:
-        names = list(backend)
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"backend must name distinct backends, got {names}")
+def check_backends(backend: str | Sequence[str], numerics: str) -> list[str]:
+    """The names `backend` gives (one name or a list of distinct names), each
+    of a backend that runs `numerics`. "auto" is resolved by creating the
+    usable backends (backends.create_usable)."""
+    names = [backend] if isinstance(backend, str) else list(backend)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"backend must name distinct backends, got {names}")
     for name in names:
         cls = backends.backend_class(name)
         if numerics not in cls.numerics:
@@ -169,12 +157,13 @@ def check_split(split: Sequence[float] | None, n_backends: int) -> None:
 # -- parameters ---------------------------------------------------------------
 
 
-def param_label(group_index: int, param_index: int, param: torch.Tensor, names: Sequence[str] | None) -> str:
+def param_label(group_index: int, param_index: int, param: Any, names: Sequence[str] | None) -> str:
     """How an error names a parameter: its name from named_parameters() when the
     user passed names, else its place and shape."""
     if names is not None:
         return f"parameter {names[param_index]!r}"
-    return f"param group {group_index}, parameter {param_index} (shape {tuple(param.shape)})"
+    shape = f" (shape {tuple(param.shape)})" if isinstance(param, torch.Tensor) else ""
+    return f"param group {group_index}, parameter {param_index}{shape}"
 
 
 def check_param(p: Any, label: str) -> None:
