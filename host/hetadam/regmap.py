@@ -71,6 +71,15 @@ ARGS: tuple[Arg, ...] = (
 
 M_AXI_BUNDLES = {"p": "gmem_p", "g": "gmem_g", "ms": "gmem_ms", "ex": "gmem_ex"}
 """One AXI4 master per array; ports are m_axi_<bundle>_<CHANNEL><SIGNAL>, as Vitis HLS names them."""
+ELEMENT_BITS = {"p": 32, "g": 16, "ms": 32, "ex": 32}
+"""Bits of one element of each array in memory (ex: one word per block), as laid out above."""
+AXI_MIN_DATA_BITS = 32
+"""The narrowest AXI4 data bus AXI SmartConnect connects (PG247: 32 to 1024 bits); no master is narrower."""
+BASE_ALIGN = 64
+"""Every array's base address is a multiple of this many bytes: the widest bus of the RTL kernel (16 lanes)."""
+ISR_MODE = "tow"
+"""How ISR bits clear: "tow", toggle on write (the RTL kernel; the HLS kernel, as hw/hls/run_hls.tcl pins it).
+The driver also acknowledges a "cor" (clear-on-read) ISR, the default of some Vitis HLS releases."""
 CONTROL_BUNDLE = "control"
 """The AXI4-Lite slave: ports s_axi_control_<SIGNAL>; clock ap_clk, reset ap_rst_n, interrupt."""
 
@@ -83,6 +92,12 @@ ADDR_BITS = 8
 
 def offset(name: str) -> int:
     return BY_NAME[name].offset
+
+
+def axi_data_bits(array: str, lanes: int) -> int:
+    """Data width of the RTL kernel's AXI4 master for `array` with LANES lanes: a beat carries LANES
+    elements (ex: one word), and no bus is narrower than AXI_MIN_DATA_BITS."""
+    return max(AXI_MIN_DATA_BITS, ELEMENT_BITS[array] * (1 if array == "ex" else lanes))
 
 
 def render_sv() -> str:

@@ -44,6 +44,18 @@ module adam_axi_rd #(
 
   localparam int BYTES = DATA_W / 8;
   localparam int SIZE = $clog2(BYTES);
+
+  if (DATA_W < 32 || DATA_W > 1024 || (DATA_W & (DATA_W - 1)) != 0) begin : g_check_data_w
+    $fatal(0, "Error: DATA_W = %0d; AXI SmartConnect takes 32 to 1024-bit buses, a power of two (instance %m)",
+           DATA_W);
+  end
+  if (BURST_LOG2 < 0 || BURST_LOG2 > 8) begin : g_check_burst
+    $fatal(0, "Error: BURST_LOG2 = %0d; AXI4 bursts are 1 to 256 beats, so 0 to 8 (instance %m)", BURST_LOG2);
+  end
+  if (FIFO_LOG2 < BURST_LOG2) begin : g_check_fifo
+    $fatal(0, "Error: FIFO_LOG2 = %0d is below BURST_LOG2 = %0d: the FIFO must hold a whole burst (instance %m)",
+           FIFO_LOG2, BURST_LOG2);
+  end
   localparam logic [32:0] BURST_MAX = 33'(2 ** BURST_LOG2);
   localparam logic [FIFO_LOG2+1:0] DEPTH = (FIFO_LOG2+2)'(2 ** FIFO_LOG2);
 

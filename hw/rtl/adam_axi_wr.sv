@@ -50,6 +50,18 @@ module adam_axi_wr #(
 
   localparam int BYTES = DATA_W / 8;
   localparam int SIZE = $clog2(BYTES);
+
+  if (DATA_W < 32 || DATA_W > 1024 || (DATA_W & (DATA_W - 1)) != 0) begin : g_check_data_w
+    $fatal(0, "Error: DATA_W = %0d; AXI SmartConnect takes 32 to 1024-bit buses, a power of two (instance %m)",
+           DATA_W);
+  end
+  if (BURST_LOG2 < 0 || BURST_LOG2 > 8) begin : g_check_burst
+    $fatal(0, "Error: BURST_LOG2 = %0d; AXI4 bursts are 1 to 256 beats, so 0 to 8 (instance %m)", BURST_LOG2);
+  end
+  if (CNT_W - 1 < BURST_LOG2) begin : g_check_fifo
+    $fatal(0, "Error: CNT_W = %0d counts a FIFO smaller than a burst of 2**%0d beats (instance %m)",
+           CNT_W, BURST_LOG2);
+  end
   localparam logic [32:0] BURST_MAX = 33'(2 ** BURST_LOG2);
 
   /* verilator lint_off UNUSEDSIGNAL */

@@ -76,6 +76,10 @@ module adam_core #(
   localparam logic [OUT_DEPTH_LOG2:0] OUT_CRED = 1 << OUT_DEPTH_LOG2;
   localparam logic [EX_DEPTH_LOG2:0] EX_CRED = 1 << EX_DEPTH_LOG2;
 
+  if (LANES < 1 || LANES > BLOCK || BLOCK % LANES != 0 || (LANES & (LANES - 1)) != 0) begin : g_check_lanes
+    $fatal(0, "Error: LANES = %0d; it must be a power of two dividing the block of %0d (instance %m)", LANES, BLOCK);
+  end
+
   // ------------------------------------------------------------ block header
   // working exponent and alignment shifts of a block, from its ex word
   function automatic logic [4:0] clamp31(input logic signed [9:0] d);

@@ -1,8 +1,10 @@
 // hetadam_adam: the fixed-point Adam update as an AXI IP with the interface of
 // the Vitis HLS kernel (ap_ctrl_hs over AXI4-Lite `control`, one AXI4 master
 // per array). LANES elements per clock; the p, g and ms buses are LANES
-// elements wide, ex is 32 bits. Each array base must be aligned to its bus
-// width (64-byte alignment always is).
+// elements wide, ex is 32 bits, and no bus is narrower than 32 bits (AXI
+// SmartConnect's narrowest endpoint): at LANES = 1 the g bus carries two
+// gradients a beat. Each array base must be aligned to its bus width (64-byte
+// alignment always is).
 `default_nettype none
 
 module hetadam_adam #(
@@ -89,8 +91,8 @@ module hetadam_adam #(
     output      logic                m_axi_gmem_g_AWVALID,
     /* verilator lint_off UNUSEDSIGNAL */  // g is read only
     input  wire logic                m_axi_gmem_g_AWREADY,
-    output      logic [16*LANES-1:0]   m_axi_gmem_g_WDATA,
-    output      logic [16*LANES/8-1:0] m_axi_gmem_g_WSTRB,
+    output      logic [(LANES > 1 ? 16*LANES : 32)-1:0]   m_axi_gmem_g_WDATA,
+    output      logic [(LANES > 1 ? 16*LANES : 32)/8-1:0] m_axi_gmem_g_WSTRB,
     output      logic                m_axi_gmem_g_WLAST,
     output      logic                m_axi_gmem_g_WVALID,
     input  wire logic                m_axi_gmem_g_WREADY,
@@ -112,7 +114,7 @@ module hetadam_adam #(
     output      logic                m_axi_gmem_g_ARVALID,
     input  wire logic                m_axi_gmem_g_ARREADY,
     input  wire logic [0:0]          m_axi_gmem_g_RID,
-    input  wire logic [16*LANES-1:0]   m_axi_gmem_g_RDATA,
+    input  wire logic [(LANES > 1 ? 16*LANES : 32)-1:0]   m_axi_gmem_g_RDATA,
     input  wire logic [1:0]          m_axi_gmem_g_RRESP,
     input  wire logic                m_axi_gmem_g_RLAST,
     input  wire logic                m_axi_gmem_g_RVALID,
@@ -204,6 +206,20 @@ module hetadam_adam #(
   // a writer needs a whole burst in its FIFO before the address goes out
   localparam int EX_BURST_LOG2 = (BURST_LOG2 < EX_DEPTH_LOG2 - 1) ? BURST_LOG2 : EX_DEPTH_LOG2 - 1;
   localparam int LANE_LOG2 = $clog2(LANES);
+  // the g bus (its width in the port list): LANES gradients a beat, two at LANES = 1
+  localparam int G_W = (LANES > 1) ? 16 * LANES : 32;
+  localparam int G_ELEMS = G_W / 16;
+
+  if (LANES != 1 && LANES != 2 && LANES != 4 && LANES != 8 && LANES != 16) begin : g_check_lanes
+    $fatal(0, "Error: LANES = %0d; it must be 1, 2, 4, 8 or 16 (instance %m)", LANES);
+  end
+  if (BURST_LOG2 < 0 || BURST_LOG2 > 8) begin : g_check_burst
+    $fatal(0, "Error: BURST_LOG2 = %0d; AXI4 bursts are 1 to 256 beats, so 0 to 8 (instance %m)", BURST_LOG2);
+  end
+  if (RD_FIFO_LOG2 < BURST_LOG2) begin : g_check_fifo
+    $fatal(0, "Error: RD_FIFO_LOG2 = %0d is below BURST_LOG2 = %0d: a read FIFO must hold a whole burst (instance %m)",
+           RD_FIFO_LOG2, BURST_LOG2);
+  end
 
   wire logic rst = !ap_rst_n;
 
@@ -242,7 +258,7 @@ module hetadam_adam #(
   logic [31:0] r_n, r_idx0, r_seed, r_beta1, r_beta2, r_eps_m, r_eps_e, r_alpha_m, r_alpha_sh;
   logic [31:0] r_ratio_max, r_lwd, r_mode;
   logic [63:0] r_p, r_g, r_ms, r_ex;
-  logic [32:0] nbeat, nblk;
+  logic [32:0] nbeat, nblk, gbeat;
   logic [4*LANES-1:0] last_strb_32;
 
   logic p_wr_busy, ms_wr_busy, ex_wr_busy;
@@ -279,6 +295,7 @@ module hetadam_adam #(
     end
     if (state == S_LATCH) begin
       nbeat <= ({1'b0, r_n} + 33'(LANES - 1)) >> LANE_LOG2;
+      gbeat <= ({1'b0, r_n} + 33'(G_ELEMS - 1)) >> $clog2(G_ELEMS);
       nblk <= ({1'b0, r_n} + 33'd31) >> 5;
       for (int l = 0; l < LANES; l++) begin
         // lanes of the last beat that hold elements
@@ -295,6 +312,8 @@ module hetadam_adam #(
   logic ex_rd_valid, ex_rd_ready;
   logic [32*LANES-1:0] p_rd_data, ms_rd_data;
   logic [16*LANES-1:0] g_rd_data;
+  logic [G_W-1:0] g_bus_data;
+  logic g_bus_valid, g_bus_ready;
   logic p_rd_valid, p_rd_ready, g_rd_valid, g_rd_ready, ms_rd_valid, ms_rd_ready;
 
   logic [32*LANES-1:0] p_wr_data, ms_wr_data;
@@ -367,8 +386,8 @@ module hetadam_adam #(
       .m_axi_bvalid(m_axi_gmem_p_BVALID),
       .m_axi_bready(m_axi_gmem_p_BREADY));
 
-  adam_axi_rd #(.DATA_W(16*LANES), .BURST_LOG2(BURST_LOG2), .FIFO_LOG2(RD_FIFO_LOG2)) u_rd_g (
-      .clk(ap_clk), .rst(rst), .start(go), .base(r_g), .beats(nbeat),
+  adam_axi_rd #(.DATA_W(G_W), .BURST_LOG2(BURST_LOG2), .FIFO_LOG2(RD_FIFO_LOG2)) u_rd_g (
+      .clk(ap_clk), .rst(rst), .start(go), .base(r_g), .beats(gbeat),
       .m_axi_arid(m_axi_gmem_g_ARID),
       .m_axi_araddr(m_axi_gmem_g_ARADDR),
       .m_axi_arlen(m_axi_gmem_g_ARLEN),
@@ -387,7 +406,19 @@ module hetadam_adam #(
       .m_axi_rlast(m_axi_gmem_g_RLAST),
       .m_axi_rvalid(m_axi_gmem_g_RVALID),
       .m_axi_rready(m_axi_gmem_g_RREADY),
-      .out_data(g_rd_data), .out_valid(g_rd_valid), .out_ready(g_rd_ready));
+      .out_data(g_bus_data), .out_valid(g_bus_valid), .out_ready(g_bus_ready));
+
+  if (G_W == 16 * LANES) begin : g_g_beats
+    assign g_rd_data = g_bus_data;
+    assign g_rd_valid = g_bus_valid;
+    assign g_bus_ready = g_rd_ready;
+  end else begin : g_g_split
+    // a bus word holds more gradients than a beat of the core takes
+    adam_downsize #(.IN_W(G_W), .OUT_W(16 * LANES)) u_g_split (
+        .clk(ap_clk), .rst(rst), .start(go), .count(nbeat),
+        .in_data(g_bus_data), .in_valid(g_bus_valid), .in_ready(g_bus_ready),
+        .out_data(g_rd_data), .out_valid(g_rd_valid), .out_ready(g_rd_ready));
+  end
 
   assign m_axi_gmem_g_AWID = '0;
   assign m_axi_gmem_g_AWADDR = '0;

@@ -5,6 +5,7 @@ adam_isqrt.sv
 adam_div.sv
 adam_lane.sv
 adam_core.sv
+adam_downsize.sv
 adam_axi_rd.sv
 adam_axi_wr.sv
 adam_ctrl_s_axi.sv
