@@ -82,8 +82,9 @@ class AdamDriver:
     """Register-level control of one kernel: program, start, wait, read status.
 
     `interrupt=True` waits for ap_done on the interrupt line (GIE, IER, ISR as
-    in Vitis HLS: ISR is toggle-on-write); otherwise ap_done is polled (it is
-    clear-on-read). `timeout` bounds every wait, in seconds.
+    in Vitis HLS; ISR toggle-on-write or clear-on-read, see `_acknowledge`);
+    otherwise ap_done is polled (it is clear-on-read). `timeout` bounds every
+    wait, in seconds.
     """
 
     def __init__(self, transport: Transport, *, interrupt: bool = False, timeout: float = 30.0) -> None:
@@ -96,11 +97,17 @@ class AdamDriver:
         transport.write32(regmap.GIE, 1 if interrupt else 0)
         transport.write32(regmap.IER, regmap.ISR_DONE if interrupt else 0)
         if interrupt:
-            self._clear_isr()
+            self._acknowledge(transport.read32(regmap.ISR))
 
     def write_args(self, n: int, idx0: int, sc: StepScalars, addresses: dict[str, int]) -> None:
         """Write the element count, the scalars and the four array addresses."""
         t = self.transport
+        for name in regmap.POINTERS:
+            if addresses[name] % regmap.BASE_ALIGN:
+                raise DriverError(
+                    f"the {name} buffer at 0x{addresses[name]:x} is not {regmap.BASE_ALIGN}-byte aligned: "
+                    "the kernel's AXI masters read and write whole, aligned bus words"
+                )
         values = {"n": n, "idx0": idx0, **sc.as_dict()}
         for name in regmap.SCALARS:
             t.write32(regmap.offset(name), values[name] & U32)
@@ -123,7 +130,7 @@ class AdamDriver:
             isr = self.transport.read32(regmap.ISR)
             if not isr & regmap.ISR_DONE:
                 raise DriverError(f"interrupt raised without ap_done in the status register (ISR 0x{isr:x})")
-            self._clear_isr()
+            self._acknowledge(isr)
             self.transport.read32(regmap.CTRL)  # ap_done is clear-on-read
             return
         deadline = time.monotonic() + self.timeout
@@ -146,7 +153,11 @@ class AdamDriver:
         self.runs += 1
         return self.sat_count()
 
-    def _clear_isr(self) -> None:
-        isr = self.transport.read32(regmap.ISR)
-        if isr:
-            self.transport.write32(regmap.ISR, isr)
+    def _acknowledge(self, isr: int) -> None:
+        """Clear the ISR bits `isr` just read, whichever mode the IP's ISR has (regmap.ISR_MODE):
+        a clear-on-read ISR was cleared by that read, a toggle-on-write one still shows them and
+        is cleared by writing them back. Only bits a second read still shows are written: a
+        toggle would set a bit that is clear."""
+        still = self.transport.read32(regmap.ISR) & isr if isr else 0
+        if still:
+            self.transport.write32(regmap.ISR, still)

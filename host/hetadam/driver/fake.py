@@ -7,8 +7,10 @@ ap_start it decodes the argument registers, runs the golden model
 after `latency` polls of the control register, writes the results back and
 raises ap_done, ISR and (with GIE and IER set) the interrupt line: the Vitis
 HLS `ap_ctrl_hs` semantics (ap_done and the sat_count valid bit clear-on-read,
-ISR toggle-on-write). Faults for tests: `stall` (never finishes), `fail_on_run`
-(the n-th run raises DriverError, as a lost link would).
+ISR toggle-on-write, or clear-on-read with `isr_mode="cor"` as some Vitis HLS
+releases generate it; what such an ISR does with a write is not documented, so
+the double takes the worst case: it toggles). Faults for tests: `stall` (never
+finishes), `fail_on_run` (the n-th run raises DriverError, as a lost link would).
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ class FakeTransport(Transport):
         stall: bool = False,
         fail_on_run: int | None = None,
         fmt: FixedFormat = DEFAULT,
+        isr_mode: str = regmap.ISR_MODE,
     ) -> None:
+        if isr_mode not in ("tow", "cor"):
+            raise ValueError(f"isr_mode={isr_mode!r}: choose 'tow' (toggle on write) or 'cor' (clear on read)")
+        self.isr_mode = isr_mode
         self.fmt = fmt
         self.latency = latency
         self.stall = stall
@@ -93,6 +99,8 @@ class FakeTransport(Transport):
         if offset == regmap.offset("sat_count") + 4:
             valid, self.sat_valid = self.sat_valid, False
             return int(valid)
+        if offset == regmap.ISR and self.isr_mode == "cor":
+            return self.regs.pop(regmap.ISR, 0)
         return self.regs.get(offset, 0)
 
     def write32(self, offset: int, value: int) -> None:
