@@ -1,16 +1,20 @@
 """Backends from start-up to close: a device or compiler that cannot build is
-refused before it is used, with the reason and a remedy; `auto` skips what it
-cannot create; close() lets every device resource go."""
+refused before it is used, with the reason and a remedy; `hetadam info` shows
+every row however one backend's check fails; `auto` skips what it cannot
+create; close() lets every device resource go."""
 
 from __future__ import annotations
 
 import gc
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from hetadam import HetAdam
-from hetadam.backends import BackendUnavailable, opencl
+from hetadam import HetAdam, backends
+from hetadam.backends import Availability, Backend, BackendError, BackendUnavailable, opencl
+from hetadam.cli import main
 
 OPENCL = opencl.OpenCLBackend.availability()
 needs_opencl = pytest.mark.skipif(not OPENCL.usable, reason=f"{OPENCL.reason}. {OPENCL.remedy}".strip())
@@ -66,3 +70,113 @@ def test_closing_an_opencl_optimizer_releases_its_context(numerics: str) -> None
     gc.collect()
     assert held.reference_count == 1
     opt.close()  # closing twice does nothing
+
+
+# ---- hls-csim: a compiler that cannot compile --------------------------------------------------------
+
+
+def fake_compiler(directory: Path, script: str) -> str:
+    path = directory / "fake-c++"
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        ('echo "fatal error: this compiler is broken" >&2; exit 1', "fatal error: this compiler is broken"),
+        ("exit 0", "no library written"),
+    ],
+    ids=["fails", "writes nothing"],
+)
+def test_hls_csim_is_unusable_when_cxx_cannot_build_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, reason: str
+) -> None:
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, script))
+    availability = backends.availability("hls-csim")
+    assert not availability.usable
+    assert "cannot build the HLS kernel" in availability.reason and reason in availability.reason
+    assert "$CXX" in availability.remedy
+    with pytest.raises(BackendUnavailable, match="cannot build the HLS kernel"):
+        backends.create("hls-csim")
+
+
+def test_an_unbalanced_quote_in_cxx_fails_the_hls_csim_row_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CXX", 'g++ "-O2')
+    availability = backends.availability("hls-csim")
+    assert not availability.usable and "not a valid command line" in availability.reason
+    assert main(["info"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == set(backends.NAMES)
+    assert rows["hls-csim"].split()[2] == "no" and "$CXX" in rows["hls-csim"]
+    assert rows["cpu"].split()[2] == "yes"
+
+
+def test_a_backend_whose_availability_check_raises_is_one_unusable_row(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken() -> Availability:
+        raise OSError("the driver crashed")
+
+    monkeypatch.setattr(opencl.OpenCLBackend, "availability", classmethod(lambda cls: broken()))
+    assert main(["info"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == set(backends.NAMES)
+    assert rows["opencl"].split()[2] == "no" and "OSError: the driver crashed" in rows["opencl"]
+
+
+# ---- auto ------------------------------------------------------------------------------------------
+
+
+class FailingToStart(Backend):
+    """Says it is usable, then fails to start, as a device that goes away between the two."""
+
+    name = "failing"
+    numerics = ("fp32", "fixed")
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True)
+
+    def __init__(self) -> None:
+        raise BackendError("backend 'failing': the device went away")
+
+    def create_shard(self, start: int, n: int, numerics: str, fmt: object) -> None:
+        raise AssertionError("never created")
+
+
+@pytest.fixture
+def failing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends._REGISTRY, "failing", (__name__, "FailingToStart"))
+    monkeypatch.setattr(backends, "_SKIPPED", set())
+    monkeypatch.setattr(backends, "NAMES", (*backends.NAMES, "failing"))
+    for name in ("hls-csim", "rtl-sim", "opencl"):  # keep the test fast: cpu stands in for the usable ones
+        monkeypatch.setitem(backends._REGISTRY, name, (__name__, "Unusable"))
+
+
+class Unusable(FailingToStart):
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(False, "not under test")
+
+
+@pytest.mark.usefixtures("failing_backend")
+def test_create_usable_skips_a_backend_that_fails_to_start_and_says_why_once() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            created = backends.create_usable("fixed")
+            assert list(created) == ["cpu"]
+    skipped = [w for w in caught if "'failing'" in str(w.message)]
+    assert len(skipped) == 1 and skipped[0].category is RuntimeWarning
+    assert "the device went away" in str(skipped[0].message)
+
+
+@pytest.mark.usefixtures("failing_backend")
+def test_create_usable_keeps_only_backends_that_run_the_numerics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends._REGISTRY, "cpu", (__name__, "Unusable"))
+    with pytest.warns(RuntimeWarning, match="failing"), pytest.raises(BackendUnavailable, match="hetadam info"):
+        backends.create_usable("fp32")

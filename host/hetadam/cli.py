@@ -14,14 +14,19 @@ from . import backends
 def cmd_info(args: argparse.Namespace) -> int:
     print(f"{'backend':<10} {'numerics':<12} {'usable':<7} why not / how to get it")
     for name in backends.NAMES:
-        avail = backends.availability(name)
-        try:
-            numerics = ",".join(backends.backend_class(name).numerics)
-        except backends.BackendUnavailable:
-            numerics = "-"
-        why = "" if avail.usable else f"{avail.reason} {avail.remedy}".strip()
-        print(f"{name:<10} {numerics:<12} {'yes' if avail.usable else 'no':<7} {why}")
+        print(info_row(name))
     return 0
+
+
+def info_row(name: str) -> str:
+    """One line of `hetadam info`; a backend whose checks fail says so on its own line."""
+    avail = backends.availability(name)
+    try:
+        numerics = ",".join(backends.backend_class(name).numerics)
+    except Exception:  # unusable, and availability says why
+        numerics = "-"
+    why = "" if avail.usable else f"{avail.reason}. {avail.remedy}".strip(". ")
+    return f"{name:<10} {numerics:<12} {'yes' if avail.usable else 'no':<7} {why}"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -53,10 +53,14 @@ class BuildError(RuntimeError):
 
 
 def find_compiler() -> list[str] | None:
-    """The host C++ compiler as a command line: `$CXX` when set, else the first of COMPILERS on PATH."""
+    """The host C++ compiler as a command line: `$CXX` when set, else the first
+    of COMPILERS on PATH. ValueError when $CXX is not a valid command line."""
     cxx = os.environ.get("CXX")
     if cxx:
-        argv = shlex.split(cxx)
+        try:
+            argv = shlex.split(cxx)
+        except ValueError as exc:
+            raise ValueError(f"$CXX={cxx!r} is not a valid command line ({exc}): fix its quoting") from exc
         path = shutil.which(argv[0]) if argv else None
         return [path, *argv[1:]] if path else None
     for name in COMPILERS:
@@ -101,11 +105,26 @@ def build_library(compiler: list[str] | None = None, directory: Path | None = No
         partial = directory / f".{library.name}.{os.getpid()}.tmp"
         cmd = [*compiler, *CXXFLAGS, f"-I{HLS_DIR}", str(HLS_DIR / SOURCES[0]), "-o", str(partial)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
+        if done.returncode != 0 or not partial.exists():
             partial.unlink(missing_ok=True)
-            raise BuildError(f"{shlex.join(cmd)} failed:\n{done.stderr}")
+            why = f"exit status {done.returncode}" if done.returncode else "no library written"
+            raise BuildError(f"{shlex.join(cmd)} failed ({why}):\n{done.stderr}")
         os.replace(partial, library)
     return library
+
+
+@functools.cache
+def build_problem(compiler: tuple[str, ...]) -> str | None:
+    """Why `compiler` cannot build and load the kernel library (the first error
+    line of its output), or None when it can. Tried once per compiler and
+    process; a library that builds is cached on disk, so the next try is a lookup."""
+    try:
+        ctypes.CDLL(str(build_library(list(compiler))))
+    except (BuildError, OSError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        errors = [line for line in lines if "error" in line.lower()]
+        return (errors or lines or [str(exc).splitlines()[0]])[0]
+    return None
 
 
 @functools.cache
@@ -244,9 +263,20 @@ class HlsCsimBackend(Backend):
                 f"the HLS sources are not in {HLS_DIR}",
                 "install hetadam from its source tree: pip install -e .",
             )
-        if find_compiler() is None:
+        try:
+            compiler = find_compiler()
+        except ValueError as exc:
+            return Availability(False, str(exc), "Unset $CXX to use g++ instead")
+        if compiler is None:
             return Availability(
                 False, "no C++ compiler found ($CXX, " + ", ".join(COMPILERS) + ")", "install g++: apt-get install g++"
+            )
+        problem = build_problem(tuple(compiler))
+        if problem is not None:
+            return Availability(
+                False,
+                f"{shlex.join(compiler)} cannot build the HLS kernel: {problem}",
+                "Set $CXX to a working C++17 compiler, or install g++: apt-get install g++",
             )
         return Availability(True)
 
