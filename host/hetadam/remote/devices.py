@@ -1,0 +1,115 @@
+"""What `hetadam serve` runs its kernels on: one `KernelSource` per backend.
+
+`cpu` (the golden model, compiled where numba imports) and `pynq` (the
+bitstream, through the driver) import neither torch nor numba: they are what a
+board serves. `rtl-sim` and `hls-csim` are simulators for a development
+machine; they come through the host package's registered backends, which need
+torch.
+
+Every call into a source and its kernels happens on the server's one kernel
+thread (server.py), so a driver's state, and pynq's event loop for interrupts,
+belong to one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ..kernels import FixedKernel, HostKernel
+from ..numerics import FixedFormat
+
+SERVABLE = ("cpu", "pynq", "rtl-sim", "hls-csim")
+BITFILE_ENV = "HETADAM_BITFILE"
+"""The pynq backend's overlay variable (backends/pynq.py reads the same one)."""
+
+
+class KernelSource(ABC):
+    """Makes the kernels of one backend."""
+
+    name: str = ""
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire the device (on the kernel thread, before the first kernel)."""
+
+    @abstractmethod
+    def new(self, n: int, fmt: FixedFormat) -> FixedKernel:
+        """A kernel for n elements (its state is not yet defined: upload one)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the device."""
+
+
+class HostSource(KernelSource):
+    name = "cpu"
+
+    def new(self, n: int, fmt: FixedFormat) -> FixedKernel:
+        return HostKernel(n, fmt)
+
+
+class PynqSource(KernelSource):
+    """The overlay's kernel through the board's driver (hetadam.driver)."""
+
+    name = "pynq"
+
+    def __init__(self, bitfile: str | None = None, *, interrupt: bool | None = None, timeout: float = 10.0) -> None:
+        self.bitfile = bitfile or os.environ.get(BITFILE_ENV)
+        if not self.bitfile:
+            raise ValueError(f"serving 'pynq' needs the overlay: pass --bitfile or set ${BITFILE_ENV}")
+        self.interrupt = interrupt
+        self.timeout = timeout
+        self.transport: Any = None
+        self.driver: Any = None
+
+    def open(self) -> None:
+        from ..driver import AdamDriver
+        from ..driver.pynq import PynqTransport
+
+        # pynq registers the interrupt's reader on this thread's event loop
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        self.transport = PynqTransport.from_overlay(self.bitfile)
+        use_irq = self.transport.interrupts if self.interrupt is None else self.interrupt
+        self.driver = AdamDriver(self.transport, interrupt=use_irq, timeout=self.timeout)
+
+    def new(self, n: int, fmt: FixedFormat) -> FixedKernel:
+        from ..driver.kernel import DriverKernel
+
+        return DriverKernel(self.driver, n, fmt, backend=self.name)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class BackendSource(KernelSource):
+    """A registered `fixed` backend of the host package (needs torch): the
+    kernel of the shard it creates."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.backend: Any = None
+
+    def open(self) -> None:
+        from .. import backends
+
+        self.backend = backends.create(self.name)
+
+    def new(self, n: int, fmt: FixedFormat) -> FixedKernel:
+        return self.backend.create_shard(0, n, "fixed", fmt).kernel
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+
+def kernel_source(name: str, *, bitfile: str | None = None) -> KernelSource:
+    """The source for `hetadam serve --backend NAME`."""
+    if name == "cpu":
+        return HostSource()
+    if name == "pynq":
+        return PynqSource(bitfile)
+    if name in SERVABLE:
+        return BackendSource(name)
+    raise ValueError(f"cannot serve backend {name!r}: choose one of {', '.join(SERVABLE)}")

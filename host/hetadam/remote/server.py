@@ -1,0 +1,697 @@
+"""`hetadam serve`: one `fixed` backend served to remote optimizers over TCP.
+
+The server holds at most one session: the resident state of one client's
+shards (slots), each cut into chunks of its own kernel so that a step can be
+pipelined chunk by chunk (protocol.py). A session outlives its connection: a
+client whose link dropped reconnects and RESUMEs it (a resume takes over a
+connection the server still believes alive); a new OPEN replaces a detached
+session; CLOSE ends it. While a connection holds the session, any other is
+refused as busy.
+
+Every connection is authenticated first (protocol.py), and every frame is
+bounded before anything is allocated for it and must arrive whole within the
+frame timeout; a peer that breaks a rule is disconnected with a logged reason,
+and the server goes on serving. Requests are answered in order; kernel calls
+run on one kernel thread.
+
+The two-phase step: STEP computes a pending state (all chunks) beside the
+committed one and sends the pending parameters back; only COMMIT with that
+step's id makes it current, once: a repeated COMMIT of the committed step is
+acknowledged without applying anything. A failed or abandoned step is
+discarded, so the committed state never holds part of a step.
+
+Imports neither torch nor numba (see devices.py for the backends that do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import logging
+import queue
+import secrets
+import socket
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..kernels import FixedKernel
+from ..numerics import FixedFormat, FixedState, StepScalars
+from . import protocol as P
+from .devices import SERVABLE, KernelSource, kernel_source
+from .token import TokenError, default_file, make_token, read_token_file
+
+log = logging.getLogger("hetadam.serve")
+T = TypeVar("T")
+
+DEFAULT_PORT = 7000
+PIPELINE_DEPTH = 4
+"""Gradient chunks a step holds at once on the server: one arriving, one
+running, one whose parameters are leaving, one spare."""
+REQUESTS = P.fixed(
+    P.Kind.CLOSE,
+    P.Kind.CREATE,
+    P.Kind.FREE,
+    P.Kind.PUT_STATE,
+    P.Kind.GET_STATE,
+    P.Kind.STEP,
+    P.Kind.COMMIT,
+    P.Kind.DISCARD,
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may ask of the server."""
+
+    max_elements: int = 1 << 27
+    """Elements of all slots of the session together (the server's memory)."""
+    max_chunk: int = P.MAX_CHUNK
+    frame_timeout: float = 30.0
+    """Seconds a frame may take from its first byte to its last (and a write to the peer)."""
+    handshake_timeout: float = 10.0
+    """Seconds a new connection may take to authenticate and open or resume its session."""
+    max_connecting: int = 8
+    """Connections that may be authenticating at once; more are closed at once."""
+
+
+class Refused(Exception):
+    """A connection is refused (the message is the logged reason)."""
+
+
+class Failed(Exception):
+    """A request failed without breaking the connection; answered with ERROR."""
+
+    def __init__(self, code: P.Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Slot:
+    """The state of one client shard: a kernel per chunk."""
+
+    n: int
+    fmt: FixedFormat
+    bounds: list[tuple[int, int]]
+    kernels: list[FixedKernel]
+    valid: bool = True
+    """False after an upload failed part-way: only a new upload makes it usable."""
+    last_step: int = 0
+    """The highest step id seen: a new step must be above it."""
+    pending: int | None = None
+    committed: int = 0
+
+
+@dataclass
+class Session:
+    id: bytes
+    peer: str
+    slots: dict[int, Slot] = field(default_factory=dict)
+    steps: int = 0
+    channel: P.Channel | None = None
+    """The connection that holds the session (None: detached)."""
+
+    @property
+    def tag(self) -> str:
+        return self.id.hex()[:8]
+
+    def elements(self) -> int:
+        return sum(s.n for s in self.slots.values())
+
+
+class Server:
+    """Serve `source`'s kernels on host:port to clients that hold `token`."""
+
+    def __init__(
+        self,
+        source: KernelSource,
+        token: bytes,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.source = source
+        self.token = token
+        self.limits = limits
+        self.listener = socket.create_server((host, port))
+        self.listener.settimeout(0.2)
+        self.kernel_thread = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hetadam-kernel")
+        try:
+            self._k(source.open)
+        except BaseException:
+            self.kernel_thread.shutdown()
+            self.listener.close()
+            raise
+        self.session: Session | None = None
+        self._lock = threading.Condition()
+        self._connecting = threading.BoundedSemaphore(limits.max_connecting)
+        self._stop = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._channels: set[P.Channel] = set()
+        self._accepting: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.listener.getsockname()[:2]
+        return host, port
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> Server:
+        """Serve on a background thread; `stop` ends it."""
+        self._accepting = threading.Thread(target=self.serve_forever, name="hetadam-serve", daemon=True)
+        self._accepting.start()
+        return self
+
+    def serve_forever(self) -> None:
+        host, port = self.address
+        log.info("serving %s on %s:%d", self.source.name, host, port)
+        while not self._stop.is_set():
+            try:
+                sock, addr = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                raise
+            peer = f"{addr[0]}:{addr[1]}"
+            if not self._connecting.acquire(blocking=False):
+                log.warning("refused %s: %d connections are authenticating already", peer, self.limits.max_connecting)
+                sock.close()
+                continue
+            t = threading.Thread(target=self._connection, args=(sock, peer), name=f"hetadam-{peer}", daemon=True)
+            with self._lock:
+                self._threads.add(t)
+            t.start()
+
+    def stop(self) -> None:
+        """Stop accepting, disconnect the client, release the session and the device."""
+        self._stop.set()
+        if self._accepting is not None and self._accepting is not threading.current_thread():
+            self._accepting.join()
+        self.listener.close()
+        with self._lock:
+            threads = list(self._threads)
+            for ch in self._channels:
+                ch.shutdown()
+        for t in threads:
+            t.join()
+        with self._lock:
+            session, self.session = self.session, None
+        if session is not None:
+            self._free(session)
+        self._k(self.source.close)
+        self.kernel_thread.shutdown()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- connections -------------------------------------------------------------
+
+    def _connection(self, sock: socket.socket, peer: str) -> None:
+        ch = P.Channel(sock, frame_timeout=self.limits.frame_timeout)
+        _keepalive(sock)
+        with self._lock:
+            self._channels.add(ch)
+        session: Session | None = None
+        try:
+            try:
+                self._authenticate(ch)
+                session = self._attach(ch, peer)
+            finally:
+                self._connecting.release()
+            self._serve(ch, session)
+        except Refused as exc:
+            log.warning("refused %s: %s", peer, exc)
+        except (P.ProtocolError, P.RemoteError, TimeoutError, OSError) as exc:
+            if session is None:
+                log.warning("refused %s: %s", peer, _reason(exc))
+            elif not self._stop.is_set():
+                log.warning("session %s detached from %s: %s; held for a resume", session.tag, peer, _reason(exc))
+        except Exception:
+            log.exception("session with %s failed", peer)
+        finally:
+            ch.close()
+            with self._lock:
+                if session is not None and session.channel is ch:
+                    session.channel = None
+                self._channels.discard(ch)
+                self._threads.discard(threading.current_thread())
+                self._lock.notify_all()
+
+    def _authenticate(self, ch: P.Channel) -> None:
+        idle = self.limits.handshake_timeout
+        _, payload = ch.expect(P.fixed(P.Kind.HELLO), idle)
+        (client_nonce,) = P.HELLO.unpack(payload)
+        server_nonce = secrets.token_bytes(P.NONCE_BYTES)
+        ch.send(
+            P.Kind.CHALLENGE, P.CHALLENGE.pack(server_nonce, P.server_proof(self.token, client_nonce, server_nonce))
+        )
+        _, payload = ch.expect(P.fixed(P.Kind.AUTH), idle)
+        (proof,) = P.AUTH.unpack(payload)
+        if not P.proof_matches(P.client_proof(self.token, client_nonce, server_nonce), proof):
+            ch.send_error(P.Code.AUTH, "authentication failed: the client's token is not this server's")
+            raise Refused("authentication failed (wrong token)")
+        welcome = P.Welcome(self.source.name, self.limits.max_elements, self.limits.max_chunk)
+        ch.send(P.Kind.WELCOME, welcome.pack())
+
+    def _attach(self, ch: P.Channel, peer: str) -> Session:
+        """The session this connection opens or resumes (OPEN or RESUME, answered with SESSION)."""
+        kind, payload = ch.expect(P.fixed(P.Kind.OPEN, P.Kind.RESUME), self.limits.handshake_timeout)
+        assert payload is not None
+        with self._lock:
+            current = self.session
+            if kind == P.Kind.RESUME:
+                (sid,) = P.SESSION.unpack(payload)
+                if current is None or current.id != sid:
+                    ch.send_error(P.Code.UNKNOWN_SESSION, "this server does not hold that session (it restarted?)")
+                    raise Refused(f"asked to resume session {sid.hex()[:8]}, which this server does not hold")
+                if current.channel is not None:  # the old connection is dead to its client: take over
+                    current.channel.shutdown()
+                    if not self._lock.wait_for(lambda: current.channel is None, self.limits.frame_timeout):
+                        ch.send_error(P.Code.BUSY, "the session's previous connection is still finishing a request")
+                        raise Refused(f"session {current.tag}'s previous connection did not end")
+                current.channel, current.peer = ch, peer
+                ch.send(P.Kind.SESSION, P.SESSION.pack(current.id))
+                log.info("session %s resumed by %s", current.tag, peer)
+                return current
+            if current is not None and current.channel is not None:
+                ch.send_error(P.Code.BUSY, f"busy: serving another session (from {current.peer})")
+                raise Refused(f"busy: session {current.tag} from {current.peer} is active")
+            if current is not None:
+                log.info("session %s (detached) replaced by a new session from %s", current.tag, peer)
+                self._free(current)
+            session = Session(secrets.token_bytes(16), peer, channel=ch)
+            self.session = session
+        ch.send(P.Kind.SESSION, P.SESSION.pack(session.id))
+        log.info("session %s opened by %s", session.tag, peer)
+        return session
+
+    def _serve(self, ch: P.Channel, session: Session) -> None:
+        handlers: dict[P.Kind, Callable[[P.Channel, Session, bytes], None]] = {
+            P.Kind.CREATE: self._create,
+            P.Kind.FREE: self._free_slot,
+            P.Kind.PUT_STATE: self._put_state,
+            P.Kind.GET_STATE: self._get_state,
+            P.Kind.STEP: self._step,
+            P.Kind.COMMIT: self._commit,
+            P.Kind.DISCARD: self._discard,
+        }
+        while True:
+            kind, payload = ch.expect(REQUESTS, idle=None)
+            assert payload is not None
+            if kind == P.Kind.CLOSE:
+                with self._lock:
+                    if self.session is session:
+                        self.session = None
+                self._free(session)
+                ch.send(P.Kind.OK, P.OK.pack(0))
+                log.info("session %s closed by %s after %d steps", session.tag, session.peer, session.steps)
+                return
+            try:
+                handlers[kind](ch, session, payload)
+            except Failed as exc:
+                ch.send_error(exc.code, str(exc))
+
+    # -- requests --------------------------------------------------------------
+
+    def _k(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the kernel thread."""
+        return self.kernel_thread.submit(fn, *args).result()
+
+    def _kernel_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A kernel call whose failure fails the request (not the connection)."""
+        try:
+            return self._k(fn, *args)
+        except Exception as exc:
+            raise Failed(P.Code.KERNEL, f"{self.source.name}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _slot(self, session: Session, index: int, *, valid: bool = True) -> Slot:
+        slot = session.slots.get(index)
+        if slot is None:
+            raise Failed(P.Code.BAD_REQUEST, f"no slot {index} in this session")
+        if valid and not slot.valid:
+            raise Failed(P.Code.STATE, f"slot {index} has no valid state (an upload failed): upload it again")
+        return slot
+
+    def _create(self, ch: P.Channel, session: Session, payload: bytes) -> None:
+        index, n, chunk, *fields = P.CREATE.unpack(payload)
+        try:
+            fmt = P.format_from_fields(*fields)
+        except ValueError as exc:
+            raise Failed(P.Code.BAD_REQUEST, f"invalid format: {exc}") from None
+        if index in session.slots:
+            raise Failed(P.Code.BAD_REQUEST, f"slot {index} exists already")
+        if n > self.limits.max_elements - session.elements():
+            raise Failed(
+                P.Code.BAD_REQUEST,
+                f"{n} more elements would exceed this server's limit of {self.limits.max_elements} per session",
+            )
+        if not fmt.block <= chunk <= self.limits.max_chunk or chunk % fmt.block:
+            raise Failed(
+                P.Code.BAD_REQUEST,
+                f"chunk={chunk} must be a multiple of the block size {fmt.block} and at most {self.limits.max_chunk}",
+            )
+        bounds = P.chunk_bounds(n, chunk)
+        kernels: list[FixedKernel] = []
+        try:
+            for lo, hi in bounds:
+                kernels.append(self._kernel_call("creating a kernel", self.source.new, hi - lo, fmt))
+                self._kernel_call("zeroing a kernel", kernels[-1].upload, FixedState.zeros(hi - lo, fmt))
+        except Failed:
+            for k in kernels:
+                self._k(k.close)
+            raise
+        session.slots[index] = Slot(n, fmt, bounds, kernels)
+        ch.send(P.Kind.OK, P.OK.pack(0))
+
+    def _free_slot(self, ch: P.Channel, session: Session, payload: bytes) -> None:
+        (index,) = P.SLOT.unpack(payload)
+        slot = session.slots.pop(index, None)
+        if slot is not None:
+            for k in slot.kernels:
+                self._k(k.close)
+        ch.send(P.Kind.OK, P.OK.pack(0))
+
+    def _put_state(self, ch: P.Channel, session: Session, payload: bytes) -> None:
+        index, pending, zeros, step = P.PUT_STATE.unpack(payload)
+        slot = session.slots.get(index)
+        if slot is None:  # the STATE frames that follow cannot be sized: the stream is lost
+            ch.send_error(P.Code.BAD_REQUEST, f"no slot {index} in this session")
+            raise P.ProtocolError(f"PUT_STATE for slot {index}, which does not exist")
+        error: Failed | None = None
+        if pending and not slot.valid:
+            error = Failed(P.Code.STATE, f"slot {index} has no valid state (an upload failed): upload it again")
+        elif pending and step <= slot.last_step:
+            error = Failed(P.Code.BAD_REQUEST, f"step {step} is not new on slot {index} (last: {slot.last_step})")
+        elif pending:
+            slot.pending, slot.last_step = None, step
+        fmt = slot.fmt
+        for i, (lo, hi) in enumerate(slot.bounds):
+            if zeros:
+                st = FixedState.zeros(hi - lo, fmt)
+            else:
+                _, _ = ch.expect({P.Kind.STATE: -P.state_bytes(hi - lo, fmt.block)}, idle=self.limits.frame_timeout)
+                st = _recv_state(ch, index, i, hi - lo, fmt.block)
+            if error is None:
+                try:
+                    self._kernel_call("staging" if pending else "uploading", _put, slot.kernels[i], st, pending)
+                except Failed as exc:
+                    error = exc
+        if isinstance(error, Failed) and error.code == P.Code.KERNEL:
+            if pending:
+                for k in slot.kernels:
+                    self._k(k.discard)
+            else:
+                slot.valid = False
+        if error is not None:
+            raise error
+        if pending:
+            slot.pending = step
+        else:
+            slot.valid, slot.pending = True, None
+        ch.send(P.Kind.OK, P.OK.pack(0))
+
+    def _get_state(self, ch: P.Channel, session: Session, payload: bytes) -> None:
+        (index,) = P.SLOT.unpack(payload)
+        slot = self._slot(session, index)
+        for i, kernel in enumerate(slot.kernels):
+            st = self._kernel_call("downloading", kernel.download)
+            ch.send(P.Kind.STATE, P.CHUNK.pack(index, i), st.P, st.M, st.S, st.em, st.es)
+        ch.send(P.Kind.OK, P.OK.pack(0))
+
+    def _step(self, ch: P.Channel, session: Session, payload: bytes) -> None:
+        index, step, idx0, *values = P.STEP.unpack(payload)
+        slot = session.slots.get(index)
+        if slot is None:  # the GRAD frames that follow cannot be sized: the stream is lost
+            ch.send_error(P.Code.BAD_REQUEST, f"no slot {index} in this session")
+            raise P.ProtocolError(f"STEP for slot {index}, which does not exist")
+        try:
+            if not slot.valid:
+                raise Failed(P.Code.STATE, f"slot {index} has no valid state (an upload failed): upload it again")
+            if step <= slot.last_step:
+                raise Failed(P.Code.BAD_REQUEST, f"step {step} is not new on slot {index} (last: {slot.last_step})")
+            if idx0 % slot.fmt.block:
+                raise Failed(P.Code.BAD_REQUEST, f"idx0={idx0} is not a multiple of the block size {slot.fmt.block}")
+            try:
+                sc = P.unpack_scalars(tuple(values))
+            except ValueError as exc:
+                raise Failed(P.Code.BAD_REQUEST, str(exc)) from None
+        except Failed as exc:
+            ch.send_error(exc.code, str(exc))
+            _drain_grads(ch, index, slot, self.limits.frame_timeout)
+            return
+        slot.last_step = step
+        slot.pending = None
+        if _StepPipeline(self, ch, index, slot, sc, idx0).run():
+            slot.pending = step
+
+    def _commit(self, ch: P.Channel, session: Session, payload: bytes) -> None:
+        index, step = P.STEP_REF.unpack(payload)
+        slot = self._slot(session, index, valid=False)
+        if slot.pending == step:
+            try:
+                for k in slot.kernels:
+                    self._kernel_call("commit", k.commit)
+            except Failed:
+                slot.valid = False  # some chunks moved on, others did not
+                raise
+            slot.pending, slot.committed = None, step
+            session.steps += 1
+            ch.send(P.Kind.OK, P.OK.pack(1))
+        elif slot.committed == step:
+            ch.send(P.Kind.OK, P.OK.pack(0))  # a retried commit: applied once already
+        else:
+            raise Failed(
+                P.Code.BAD_REQUEST,
+                f"step {step} is not pending on slot {index} "
+                f"(pending: {slot.pending}, last committed: {slot.committed})",
+            )
+
+    def _discard(self, ch: P.Channel, session: Session, payload: bytes) -> None:
+        index, step = P.STEP_REF.unpack(payload)
+        slot = self._slot(session, index, valid=False)
+        if slot.committed == step and step:
+            raise Failed(P.Code.BAD_REQUEST, f"step {step} of slot {index} is committed already")
+        if slot.pending == step:
+            for k in slot.kernels:
+                self._k(k.discard)
+            slot.pending = None
+        ch.send(P.Kind.OK, P.OK.pack(0))
+
+    def _free(self, session: Session) -> None:
+        for slot in session.slots.values():
+            for k in slot.kernels:
+                self._k(k.close)
+        session.slots.clear()
+
+
+class _StepPipeline:
+    """One step of one slot, pipelined: this thread receives GRAD frames, the
+    kernel thread runs each chunk as it arrives, a writer thread sends each
+    chunk's PARAMS as it is done. Any failure discards every chunk."""
+
+    def __init__(self, server: Server, ch: P.Channel, index: int, slot: Slot, sc: StepScalars, idx0: int) -> None:
+        self.server, self.ch, self.index, self.slot, self.sc, self.idx0 = server, ch, index, slot, sc, idx0
+        size = P.grad_bytes(max((hi - lo for lo, hi in slot.bounds), default=0), slot.fmt.block)
+        self.free: queue.Queue[np.ndarray] = queue.Queue()
+        for _ in range(min(PIPELINE_DEPTH, len(slot.bounds))):
+            self.free.put(np.empty(size, np.uint8))
+        self.done: queue.Queue[tuple[int, cf.Future, np.ndarray] | None] = queue.Queue()
+        self.failed: Exception | None = None
+        """The first kernel failure (sent as ERROR)."""
+        self.broken: BaseException | None = None
+        """The first failure of the connection (ends it)."""
+
+    def run(self) -> bool:
+        """True when every chunk ran and its parameters were sent (then OK)."""
+        writer = threading.Thread(target=self._write, name="hetadam-params", daemon=True)
+        writer.start()
+        try:
+            for i, (lo, hi) in enumerate(self.slot.bounds):
+                length = P.grad_bytes(hi - lo, self.slot.fmt.block)
+                self.ch.expect({P.Kind.GRAD: -length}, idle=self.server.limits.frame_timeout)
+                buf = self.free.get()
+                self.ch.recv_into(buf[:length])
+                slot_index, chunk = P.CHUNK.unpack(buf[: P.CHUNK.size].tobytes())
+                if (slot_index, chunk) != (self.index, i):
+                    raise P.ProtocolError(f"GRAD for slot {slot_index} chunk {chunk}, expected {self.index} chunk {i}")
+                G = buf[P.CHUNK.size : P.CHUNK.size + 2 * (hi - lo)].view("<i2")
+                eg = buf[P.CHUNK.size + 2 * (hi - lo) : length].view(np.int8)
+                future = self.server.kernel_thread.submit(self._run_chunk, i, G, eg, lo)
+                self.done.put((i, future, buf))
+        except BaseException as exc:
+            self.broken = exc
+        self.done.put(None)
+        writer.join()
+        ok = self.failed is None and self.broken is None
+        if not ok:
+            for k in self.slot.kernels:
+                self.server._k(k.discard)
+        if self.broken is not None:
+            raise self.broken
+        return ok
+
+    def _run_chunk(self, i: int, G: np.ndarray, eg: np.ndarray, lo: int) -> tuple[int, np.ndarray] | None:
+        if self.failed is not None or self.broken is not None:
+            return None
+        kernel = self.slot.kernels[i]
+        sat = kernel.run(G, eg, self.sc, self.idx0 + lo)
+        return sat, kernel.pending_params()
+
+    def _write(self) -> None:
+        while (item := self.done.get()) is not None:
+            i, future, buf = item
+            try:
+                result = future.result()
+            except Exception as exc:
+                if self.failed is None:
+                    self.failed = exc
+                    self._send_error(exc)
+                result = None
+            self.free.put(buf)
+            if result is None or self.failed is not None or self.broken is not None:
+                continue
+            sat, params = result
+            try:
+                self.ch.send(P.Kind.PARAMS, P.PARAMS.pack(i, sat), params)
+            except BaseException as exc:
+                self.broken = self.broken or exc
+                self.ch.shutdown()  # unblocks the reader
+        if self.failed is None and self.broken is None:
+            try:
+                self.ch.send(P.Kind.OK, P.OK.pack(0))
+            except BaseException as exc:
+                self.broken = exc
+
+    def _send_error(self, exc: Exception) -> None:
+        name = self.server.source.name
+        try:
+            self.ch.send_error(P.Code.KERNEL, f"{name}: the step failed: {type(exc).__name__}: {exc}")
+        except BaseException as err:
+            self.broken = self.broken or err
+
+
+def _put(kernel: FixedKernel, state: FixedState, pending: bool) -> None:
+    if pending:
+        kernel.stage(state)
+    else:
+        kernel.upload(state)
+
+
+def _recv_state(ch: P.Channel, index: int, i: int, count: int, block: int) -> FixedState:
+    buf = np.empty(P.state_bytes(count, block), np.uint8)
+    ch.recv_into(buf)
+    slot_index, chunk = P.CHUNK.unpack(buf[: P.CHUNK.size].tobytes())
+    if (slot_index, chunk) != (index, i):
+        raise P.ProtocolError(f"STATE for slot {slot_index} chunk {chunk}, expected {index} chunk {i}")
+    a = P.split_arrays(buf[P.CHUNK.size :], P.state_layout(count, block))
+    return FixedState(P=a["P"], M=a["M"], em=a["em"], S=a["S"], es=a["es"])
+
+
+def _drain_grads(ch: P.Channel, index: int, slot: Slot, timeout: float) -> None:
+    """Read and drop the GRAD frames of a step that was refused."""
+    for lo, hi in slot.bounds:
+        length = P.grad_bytes(hi - lo, slot.fmt.block)
+        ch.expect({P.Kind.GRAD: -length}, idle=timeout)
+        ch.recv_into(np.empty(length, np.uint8))
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Probe an idle connection so that a vanished peer (power cut, cable pulled)
+    frees the session for a resume after about two minutes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionError | P.ProtocolError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# -- the command ---------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (or :PORT, or HOST) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(DEFAULT_PORT)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"--listen {text!r}: the port must be a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"--listen {text!r}: the port must lie in [0, 65535]")
+    return host, number
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="cpu", choices=SERVABLE, help="the backend to serve (default: cpu)")
+    p.add_argument(
+        "--listen",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help=f"HOST:PORT to listen on (default: 127.0.0.1:{DEFAULT_PORT}; 0.0.0.0:{DEFAULT_PORT} for every interface)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="the token (default: $HETADAM_TOKEN_FILE or ~/.config/hetadam/token)",
+    )
+    p.add_argument(
+        "--make-token", type=Path, default=None, metavar="FILE", help="write a new token to FILE (mode 600) and exit"
+    )
+    p.add_argument("--bitfile", default=None, help="pynq: the overlay (default: $HETADAM_BITFILE)")
+    p.add_argument("--max-elements", type=int, default=Limits.max_elements, help="elements one session may hold")
+    p.add_argument("--frame-timeout", type=float, default=Limits.frame_timeout, help="seconds a frame may take")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`hetadam serve`: serve until interrupted. Returns the exit status."""
+    if args.make_token is not None:
+        path = make_token(args.make_token)
+        print(f"wrote a new token to {path} (mode 600); copy it to the training host's {default_file()}")
+        return 0
+    token = read_token_file(args.token_file or default_file())
+    host, port = parse_listen(args.listen)
+    limits = Limits(max_elements=args.max_elements, frame_timeout=args.frame_timeout)
+    source = kernel_source(args.backend, bitfile=args.bitfile)
+    server = Server(source, token, host, port, limits)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping")
+    finally:
+        server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hetadam serve", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except (TokenError, ValueError, OSError) as exc:
+        print(f"hetadam serve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
