@@ -54,6 +54,16 @@ def test_an_opencl_device_that_cannot_build_is_unusable_with_the_first_error_lin
 
 
 @needs_opencl
+def test_an_opencl_device_that_cannot_be_opened_is_a_backend_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_context(device: object, fp64: object) -> None:
+        raise opencl.cl.RuntimeError("clCreateContext failed: OUT_OF_HOST_MEMORY")
+
+    monkeypatch.setattr(opencl, "_Device", no_context)
+    with pytest.raises(BackendError, match=r"backend 'opencl' cannot open .*OUT_OF_HOST_MEMORY.*HETADAM_OPENCL_DEVICE"):
+        opencl.OpenCLBackend()
+
+
+@needs_opencl
 @pytest.mark.parametrize("numerics", ["fp32", "fixed"])
 def test_closing_an_opencl_optimizer_releases_its_context(numerics: str) -> None:
     """The context's reference count, held by this test alone once the optimizer

@@ -252,7 +252,7 @@ class HlsCsimBackend(Backend):
     def __init__(self) -> None:
         try:
             load_kernel()
-        except BuildError as exc:
+        except (BuildError, OSError) as exc:  # OSError: the library does not load
             raise BackendUnavailable(f"backend {self.name!r} could not build the HLS kernel: {exc}") from exc
 
     @classmethod

@@ -668,7 +668,13 @@ class OpenCLBackend(Backend):
         except LookupError as exc:
             why = _unusable(exc)
             raise BackendUnavailable(f"backend 'opencl' is not usable here: {why.reason}. {why.remedy}") from exc
-        self.dev = _Device(chosen, fp64)
+        try:
+            self.dev = _Device(chosen, fp64)
+        except cl.Error as exc:
+            raise BackendError(
+                f"backend 'opencl' cannot open {chosen.platform.name}: {chosen.name} ({exc}); choose another device"
+                f" with {ENV_PLATFORM} / {ENV_DEVICE}"
+            ) from exc
         self.chunk = chunk
         self.fp32_fma = fp32_fma
 
