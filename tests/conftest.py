@@ -12,10 +12,15 @@ its backend from `backend_of(info)`:
 
 Backends are made once per session (per pytest-xdist worker) and closed at its
 end: an rtl-sim backend is a Verilator model and a simulator process.
+
+In CI, .ci/run installs the Debian packages that some tests otherwise skip for
+and names them in $HETADAM_CI_PROVIDES: there, a test that still skips asking
+for one of them ("apt-get install PACKAGE" in its reason) fails the run.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,3 +180,39 @@ def _close_backends() -> Iterator[None]:
 def golden_dir() -> Path:
     """The golden vectors of the fixed kernel, written once per spec (build/golden/<hash>)."""
     return golden.cached(GOLDEN_CACHE)
+
+
+CI_PROVIDES_ENV = "HETADAM_CI_PROVIDES"
+"""Debian packages the CI installed (space-separated), set by .ci/run."""
+
+
+class SkipsTheCiProvidesFor:
+    """A plugin (global, so that it sees sim/'s tests too): a skip whose reason asks for a
+    package the CI installed fails the run, with the list of such tests at the end."""
+
+    def __init__(self, packages: list[str]) -> None:
+        self.packages = packages
+        self.missed: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.skipped or hasattr(report, "wasxfail"):
+            return
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if any(f"apt-get install {package}" in reason for package in self.packages):
+            self.missed.append(f"{report.nodeid}: {reason}")
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.missed and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.missed:
+            terminalreporter.section(f"skipped although the CI installed what they need (${CI_PROVIDES_ENV})", red=True)
+            for line in self.missed:
+                terminalreporter.write_line(line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    packages = os.environ.get(CI_PROVIDES_ENV, "").split()
+    if packages:
+        config.pluginmanager.register(SkipsTheCiProvidesFor(packages), "hetadam-ci-skips")
