@@ -22,17 +22,22 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..finite import all_finite
 from ..kernels import BackendError as BackendError
 from ..kernels import FixedKernel
 from ..numerics import FixedFormat, FixedState, adam_step
 from ..numerics.convert import params_from_fixed, params_to_fixed, state_from_float, state_to_float
-from ..numerics.fast import params_to_float_into, quantize_grad_into
+from ..numerics.fast import params_differ, params_to_float_into, quantize_grad_into
 from ..numerics.formats import EXP_ZERO
 from ..numerics.scalars import StepScalars, encode_step
 
 
 class BackendUnavailable(RuntimeError):
     """A backend cannot run here; the message says why and how to get it."""
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient holds NaN or Inf; the step was not applied."""
 
 
 @dataclass(frozen=True)
@@ -74,33 +79,55 @@ class StepHyper:
     maximize: bool = False
     seed: int = 0
     stochastic: bool = False
+    check_finite: bool = True
+    """Refuse a gradient that the host's own arithmetic (coupled weight decay) makes non-finite."""
 
 
 class Shard(ABC):
     """Resident state of elements [start, start + n) of one flat group."""
 
+    infallible = False
+    """True when `step` cannot fail on inputs the optimizer checked (the host's
+    own arithmetic): such a shard may run in place when no shard of the step can
+    fail (runtime.py). A shard that may fail never touches its committed state
+    or the parameters before `commit`."""
+
     def __init__(self, start: int, n: int) -> None:
         self.start = start
         self.n = n
         self.transactional = False
+        """Set by the runtime: False only when the step runs in place (every shard infallible)."""
         self.wire_bytes = 0
         """Bytes moved between host and backend by the last step."""
 
     @abstractmethod
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
         """Compute the next state from the segments' gradients, leaving the
-        committed state (and the parameters) as they are, unless the shard is
-        the step's only one (`transactional` False). Returns the count of
+        committed state and the parameters as they are (an infallible shard
+        that is not `transactional` may update them in place), and do
+        everything that can fail, so that `commit` cannot. Returns the count of
         saturated elements."""
 
     @abstractmethod
     def commit(self) -> None:
         """Make the state computed by the last `step` current and write the new
-        parameters into the segments' parameter views."""
+        parameters into the segments' parameter views. Cannot fail."""
 
     @abstractmethod
     def discard(self) -> None:
         """Drop the state computed by the last `step`."""
+
+    def changed_params(self, pieces: list[tuple[int, np.ndarray]]) -> list[bool]:
+        """For each (offset, values) piece, whether the parameters this shard
+        holds for elements [offset, offset + values.size) differ from `values`,
+        the tensor's float32 values (changed outside the optimizer). By default
+        none do: the shard steps from the tensors themselves."""
+        return [False] * len(pieces)
+
+    def reimport_params(self, pieces: list[tuple[int, np.ndarray]]) -> None:  # noqa: B027 - see changed_params
+        """Take each piece's values as the parameters of its elements, keeping
+        the moments; an element whose resident value equals its float32 value
+        keeps it (see `changed_params`)."""
 
     @abstractmethod
     def export_state(self) -> dict[str, np.ndarray]:
@@ -121,7 +148,8 @@ def prepare_fixed_grad(grad: np.ndarray, params: np.ndarray | None, hyper: StepH
     float32 as torch does, before the gradient is quantised."""
     g = -grad if hyper.maximize else grad
     if params is not None and hyper.weight_decay and not hyper.decoupled_weight_decay:
-        g = g + np.float32(hyper.weight_decay) * params
+        with np.errstate(over="ignore"):  # an overflow is the caller's to report (FixedShard.step)
+            g = g + np.float32(hyper.weight_decay) * params
     return g
 
 
@@ -154,6 +182,8 @@ class FixedShard(Shard):
         self.kernel = kernel
         self.fmt = fmt
         self._segments: list[Segment] = []
+        self._pending_P: np.ndarray | None = None
+        """The P of the pending state, read in `step` so that `commit` cannot fail."""
         self._G: np.ndarray | None = None
         self._eg: np.ndarray | None = None
         self.kernel.upload(FixedState.zeros(n, fmt))
@@ -178,13 +208,22 @@ class FixedShard(Shard):
             if hyper.maximize or coupled:
                 p = None if P is None else params_from_fixed(P[seg.offset : seg.offset + g.size], self.fmt)
                 g = prepare_fixed_grad(g, None if p is None else p.astype(np.float32), hyper)
+                if coupled and hyper.check_finite and not all_finite(torch.from_numpy(g)):
+                    raise NonFiniteGradientError(
+                        f"the gradient plus weight_decay={hyper.weight_decay:g} times the parameter (coupled weight "
+                        f"decay) overflows float32 in a parameter of {g.size} elements; the step was not applied "
+                        "(lower weight_decay, or use decoupled_weight_decay=True)"
+                    )
             quantize_grad_into(g, G, eg, seg.offset, self.fmt)
         # On the wire: the 16-bit gradient mantissas and their block exponents in,
         # the 32-bit parameters out.
         self.wire_bytes = 0 if self.kernel.host_resident else G.nbytes + eg.nbytes + 4 * self.n
         if all(seg.grad is not None and seg.step in (None, hyper.step) for seg in segments):
-            return self.kernel.run(G, eg, sc, self.start)
-        return self._partial_step(segments, G, eg, hyper)
+            sat = self.kernel.run(G, eg, sc, self.start)
+        else:
+            sat = self._partial_step(segments, G, eg, hyper)
+        self._pending_P = self.kernel.pending_params()
+        return sat
 
     def _partial_step(self, segments: list[Segment], G: np.ndarray, eg: np.ndarray, hyper: StepHyper) -> int:
         """Some parameters have no gradient or their own step count: step each
@@ -209,14 +248,27 @@ class FixedShard(Shard):
         return sat
 
     def commit(self) -> None:
+        P, self._pending_P = self._pending_P, None
+        if P is None:  # nothing pending
+            return
         self.kernel.commit()
-        P = self.kernel.params()
         for seg in self._segments:
             if seg.grad is not None:
                 params_to_float_into(P[seg.offset : seg.offset + seg.param.numel()], seg.param.numpy(), self.fmt)
 
     def discard(self) -> None:
+        self._pending_P = None
         self.kernel.discard()
+
+    def changed_params(self, pieces: list[tuple[int, np.ndarray]]) -> list[bool]:
+        P = self.kernel.params()
+        return [params_differ(P[off : off + x.size], x, self.fmt) for off, x in pieces]
+
+    def reimport_params(self, pieces: list[tuple[int, np.ndarray]]) -> None:
+        st = self.kernel.download()
+        for off, x in pieces:
+            _take_changed(st.P[off : off + x.size], x, self.fmt)
+        self.kernel.upload(st)
 
     def _format_tag(self) -> np.ndarray:
         f = self.fmt
@@ -233,9 +285,7 @@ class FixedShard(Shard):
     def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
         if all(k in state for k in FIXED_KEYS) and np.array_equal(state.get("fixed_format"), self._format_tag()):
             st = FixedState(*(np.array(state[k]) for k in FIXED_KEYS))
-            fresh, _ = params_to_fixed(params, self.fmt)
-            moved = params_from_fixed(st.P, self.fmt).astype(np.float32) != params
-            st.P[moved] = fresh[moved]  # parameters changed outside the optimizer
+            _take_changed(st.P, params, self.fmt)
         else:
             zeros = np.zeros(self.n, np.float32)
             st = state_from_float(params, state.get("exp_avg", zeros), state.get("exp_avg_sq", zeros), self.fmt)
@@ -243,6 +293,15 @@ class FixedShard(Shard):
 
     def close(self) -> None:
         self.kernel.close()
+
+
+def _take_changed(P: np.ndarray, params: np.ndarray, fmt: FixedFormat) -> None:
+    """Parameters changed outside the optimizer: where `params` (float32) differs
+    from P's float32 value, P takes the parameter's value; elsewhere P keeps the
+    bits below float32's precision."""
+    moved = params_from_fixed(P, fmt).astype(np.float32) != params
+    if moved.any():
+        P[moved] = params_to_fixed(params[moved], fmt)[0]
 
 
 class Backend(ABC):

@@ -13,11 +13,11 @@ once per process before it is chosen.
 
 The optimizer state lives in device buffers for the life of a shard, twice
 over (committed and pending), so that a step can be committed or discarded
-by swapping; an fp32 step that need not be undone (the shard is not
-`transactional`) updates in place. A step streams the gradients in through two
+by swapping. A step streams the gradients in through two
 pinned staging buffers (`mem_flags.ALLOC_HOST_PTR`, mapped once): the copy of
 chunk k+1 runs on a transfer queue while the kernel of chunk k runs on the
-compute queue; the parameters come back the same way. Programs are built once
+compute queue; the parameters come back before the step returns (fixed: read,
+fp32: mapped), so that a commit cannot fail. Programs are built once
 per device context and build options, and die with it (`OpenCLBackend.close`).
 `bench_opencl` measures it against torch.
 See docs/opencl.md.
@@ -301,6 +301,8 @@ class OpenCLFixedKernel(FixedKernel):
         self.cur = 0
         self.has_pending = False
         self._params: np.ndarray | None = None
+        """Host copies of the committed and the pending P (None: not read yet)."""
+        self._pending_params: np.ndarray | None = None
 
     def _write(self, k: int, state: FixedState) -> None:
         self.dev.write(self.p[k], state.P.astype(np.int32))
@@ -310,8 +312,9 @@ class OpenCLFixedKernel(FixedKernel):
     def upload(self, state: FixedState) -> None:
         self._write(self.cur, state)
         self.has_pending = False
-        self._params = state.P.astype(np.int32).copy()
+        self._params, self._pending_params = state.P.astype(np.int32).copy(), None
 
+    @_backend_errors("reading the fixed state")
     def download(self) -> FixedState:
         k = self.cur
         P = self.dev.read(self.p[k], np.empty(self.n, np.int32))
@@ -359,25 +362,35 @@ class OpenCLFixedKernel(FixedKernel):
         self.dev.compute.finish()
         self.slots.drain()
         self.has_pending = True
+        self._pending_params = None
         return int(sat.sum())
 
     def stage(self, state: FixedState) -> None:
         self._write(self.cur ^ 1, state)
         self.has_pending = True
+        self._pending_params = state.P.astype(np.int32)
 
     def commit(self) -> None:
         if self.has_pending:
             self.cur ^= 1
             self.has_pending = False
-            self._params = None
+            self._params, self._pending_params = self._pending_params, None
 
     def discard(self) -> None:
         self.has_pending = False
+        self._pending_params = None
 
+    @_backend_errors("reading the parameters")
     def params(self) -> np.ndarray:
         if self._params is None:
             self._params = self.dev.read(self.p[self.cur], np.empty(self.n, np.int32))
         return self._params
+
+    @_backend_errors("reading the parameters")
+    def pending_params(self) -> np.ndarray:
+        if self._pending_params is None:
+            self._pending_params = self.dev.read(self.p[self.cur ^ 1], np.empty(self.n, np.int32))
+        return self._pending_params
 
     def close(self) -> None:
         """Let the device buffers and the kernel go; closing twice does nothing."""
@@ -457,9 +470,12 @@ def _gaps(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
 
 class OpenCLFp32Shard(Shard):
     """torch's Adam/AdamW in float32 on the device: parameters, exp_avg,
-    exp_avg_sq (and max_exp_avg_sq) resident, committed and pending. A step
-    that need not be undone (the shard is not `transactional`) updates the
-    committed buffers in place, as torch does."""
+    exp_avg_sq (and max_exp_avg_sq) resident, committed and pending. Every step
+    writes the pending buffers, so a step that fails part-way leaves the
+    committed state as it was. A step takes the parameters from the tensors (a
+    value changed outside the optimizer is the one it steps from) and maps the
+    new ones to the host before it returns, so that `commit` only copies them
+    into the tensors and cannot fail."""
 
     def __init__(self, dev: _Device, start: int, n: int, chunk: int = CHUNK, fma: bool = True) -> None:
         super().__init__(start, n)
@@ -477,8 +493,9 @@ class OpenCLFp32Shard(Shard):
         self.bufs = {name: [dev.buffer(4 * n, zeros) for _ in range(2)] for name in ("p", *STATE_NAMES[:2])}
         self.cur = 0
         self.has_pending = False
-        self._inplace = False
         self._segments: list[Segment] = []
+        self._mapped: np.ndarray | None = None
+        """The pending parameters, mapped to the host by `step` for `commit`."""
 
     def _ensure_amsgrad(self) -> None:
         if "max_exp_avg_sq" not in self.bufs:
@@ -491,8 +508,7 @@ class OpenCLFp32Shard(Shard):
         """Enqueue the kernels over elements [lo, hi) of the resident state: the
         whole aligned vectors, and element by element the ends; g holds element
         e at e - g0 (g0 a multiple of VEC)."""
-        src = self.cur
-        dst = src if self._inplace else src ^ 1
+        src, dst = self.cur, self.cur ^ 1
         b = self.bufs
         vmax = b.get("max_exp_avg_sq", b["exp_avg_sq"])
         mid_lo, mid_hi = -(-lo // VEC) * VEC, hi // VEC * VEC
@@ -518,10 +534,17 @@ class OpenCLFp32Shard(Shard):
 
     @_backend_errors("the fp32 step")
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
+        self._unmap()
+        self.has_pending = False
         if hyper.amsgrad:
             self._ensure_amsgrad()
         self._segments = segments
-        self._inplace = not self.transactional
+        p = self.bufs["p"][self.cur]
+        uploads = [  # the parameters as they are now, changed outside the optimizer or not
+            cl.enqueue_copy(self.dev.compute, p, seg.param.detach().numpy(), dst_offset=4 * seg.offset,
+                            is_blocking=False)
+            for seg in segments if seg.grad is not None
+        ]  # fmt: skip
         live: list[tuple[int, int]] = []
         for t, run in _live_runs(segments, hyper.step):
             sc = Fp32Scalars.of(replace(hyper, step=t))
@@ -529,18 +552,29 @@ class OpenCLFp32Shard(Shard):
             live.append((lo, hi))
             for g0 in range(lo // VEC * VEC, hi, self.chunk):
                 self._chunk(run, g0, max(g0, lo), min(g0 + self.chunk, hi), sc)
-        # on the wire: the 32-bit gradients of the runs in, their parameters out
-        self.wire_bytes = 4 * sum(hi - lo for lo, hi in live) + 4 * sum(
+        # on the wire: the 32-bit gradients of the runs in, their parameters in and out
+        self.wire_bytes = 4 * sum(hi - lo for lo, hi in live) + 8 * sum(
             seg.param.numel() for seg in segments if seg.grad is not None
         )
-        for lo, hi in [] if self._inplace else _gaps(live, self.n):  # what this step leaves as it is
+        for lo, hi in _gaps(live, self.n):  # what this step leaves as it is
             for bufs in self.bufs.values():
                 cl.enqueue_copy(self.dev.compute, bufs[self.cur ^ 1], bufs[self.cur], byte_count=4 * (hi - lo),
                                 src_offset=4 * lo, dst_offset=4 * lo)  # fmt: skip
         self.dev.compute.finish()
         self.slots.drain()
+        del uploads  # done: the compute queue is in order
+        if live:
+            self._mapped, _ = cl.enqueue_map_buffer(
+                self.dev.compute, self.bufs["p"][self.cur ^ 1], cl.map_flags.READ, 0, (self.n,), np.float32
+            )
         self.has_pending = True
         return 0
+
+    def _unmap(self) -> None:
+        """Release the mapping of the parameters (before the kernels write that buffer again)."""
+        if self._mapped is not None:
+            mapped, self._mapped = self._mapped, None
+            mapped.base.release()
 
     def _chunk(self, run: list[Segment], g0: int, a: int, b: int, sc: Fp32Scalars) -> None:
         """Send the gradients of elements [a, b) of a run (zeros between its
@@ -580,36 +614,13 @@ class OpenCLFp32Shard(Shard):
     def commit(self) -> None:
         if not self.has_pending:
             return
-        if not self._inplace:
-            self.cur ^= 1
+        self.cur ^= 1
         self.has_pending = False
-        pieces = [
-            (seg, a, b) for seg in self._segments if seg.grad is not None
-            for a, b in _chunks(seg.offset, seg.offset + seg.param.numel(), self.chunk)
-        ]  # fmt: skip
-        p = self.bufs["p"][self.cur]
-        if self.dev.unified and pieces:  # straight into the tensors
-            cl.wait_for_events([
-                cl.enqueue_copy(self.dev.transfer, seg.param.detach()[a - seg.offset : b - seg.offset].numpy(), p,
-                                src_offset=4 * a, is_blocking=False)
-                for seg, a, b in pieces
-            ])  # fmt: skip
-        reads: list[tuple[int, cl.Event]] = []
-        for i in range(0 if self.dev.unified else len(pieces) + 1):
-            if i < len(pieces):  # read piece i while piece i - 1 is copied out
-                _, a, b = pieces[i]
-                k = self.slots.acquire()
-                host = self.slots.host[k][: 4 * (b - a)].view(np.float32)
-                reads.append((k, cl.enqueue_copy(self.dev.transfer, host, p, src_offset=4 * a, is_blocking=False)))
-            if i:
-                seg, a, b = pieces[i - 1]
-                k, ev = reads[i - 1]
-                ev.wait()
-                host = self.slots.host[k][: 4 * (b - a)].view(np.float32)
-                np.copyto(seg.param.detach()[a - seg.offset : b - seg.offset].numpy(), host)
         for seg in self._segments:
-            if seg.grad is not None:  # as an in-place torch op would
-                increment_version(seg.param)
+            if seg.grad is not None:
+                assert self._mapped is not None
+                np.copyto(seg.param.detach().numpy(), self._mapped[seg.offset : seg.offset + seg.param.numel()])
+                increment_version(seg.param)  # as an in-place torch op would
         self._segments = []
 
     def discard(self) -> None:
@@ -624,6 +635,7 @@ class OpenCLFp32Shard(Shard):
         }
 
     def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
+        self._unmap()
         if "max_exp_avg_sq" in state:
             self._ensure_amsgrad()
         zeros = np.zeros(self.n, np.float32)
@@ -634,6 +646,7 @@ class OpenCLFp32Shard(Shard):
 
     def close(self) -> None:
         """Let the device buffers and the kernels go."""
+        self._unmap()
         self.slots.close()
         self.bufs, self.kernels = {}, {}
 

@@ -283,3 +283,23 @@ def _to_float_kernel(P, out, scale):
 def params_to_float_into(P: np.ndarray, out: np.ndarray, fmt: FixedFormat = DEFAULT) -> None:
     """convert.params_from_fixed rounded to float32, compiled, into `out`."""
     _to_float_kernel(P, out, 2.0**-fmt.p_frac)
+
+
+def _count_differ(P: np.ndarray, x: np.ndarray, scale: float) -> int:
+    count = 0
+    for i in numba.prange(P.size):
+        count += np.float32(np.float64(P[i]) * scale) != x[i]  # the float32 that params_to_float_into writes
+    return count
+
+
+_count_differ_serial = numba.njit(cache=True)(_count_differ)
+_count_differ_parallel = numba.njit(parallel=True, cache=True)(_count_differ)
+_PARALLEL_FROM = 1 << 18
+"""Below this many elements one thread is faster than waking the others."""
+
+
+def params_differ(P: np.ndarray, x: np.ndarray, fmt: FixedFormat = DEFAULT) -> bool:
+    """Whether the float32 parameters `x` differ anywhere from the float32 values
+    of the fixed parameters P (NaN always differs): one fused pass, no temporaries."""
+    kernel = _count_differ_parallel if P.size >= _PARALLEL_FROM else _count_differ_serial
+    return kernel(P, x, 2.0**-fmt.p_frac) > 0
