@@ -4,6 +4,9 @@
 #                                            the smoke test (SHA-256 manifest), copy it over ssh, run the
 #                                            smoke test on the board and print its report
 #   make deploy-package BOARD=B              the package only, in build/deploy/B/
+#   make board-check BOARD=B HOST=user@address   the first run on a new board (docs/pynq.md): deploy, then
+#                                            the smoke test polling, then waiting on the interrupt, then a
+#                                            short training through the driver; prints what passed
 # DEPLOY_ARGS passes more options, e.g. DEPLOY_ARGS='--install --port 2222' or, without a board,
 # DEPLOY_ARGS='--transport fake' (the smoke test runs against the golden-model double of the kernel).
 
@@ -11,7 +14,7 @@ BOARD ?= pynq-z2
 HOST ?=
 DEPLOY_ARGS ?=
 
-.PHONY: deploy deploy-package
+.PHONY: deploy deploy-package board-check
 
 deploy: $(STAMP)
 	$(if $(HOST),,$(error HOST is required: make deploy BOARD=$(BOARD) HOST=xilinx@<board address>))
@@ -19,3 +22,7 @@ deploy: $(STAMP)
 
 deploy-package: $(STAMP)
 	$(PY) scripts/deploy_pynq.py --board $(BOARD) --package-only $(DEPLOY_ARGS)
+
+board-check: $(STAMP)
+	$(if $(HOST),,$(error HOST is required: make board-check BOARD=$(BOARD) HOST=xilinx@<board address>))
+	$(PY) scripts/deploy_pynq.py --board $(BOARD) --host $(HOST) --board-check $(DEPLOY_ARGS)

@@ -14,8 +14,12 @@
    not overlap the package it copies;
 3. run the smoke test there (it verifies the manifest first and refuses a
    corrupted package), optionally `pip install` the wheel (--install), and
-   report the smoke test's JSON. Exit status: the smoke test's (0 ok, 1 a
-   mismatch, 3 refused), 2 for a deployment error.
+   report the smoke test's JSON. With --board-check, run the first-run
+   sequence instead (BOARD_CHECK: the smoke test polling, then waiting on the
+   interrupt, then a short training through the driver), each stage a smoke
+   test of its own, stopping at the first that fails. Exit status: the smoke
+   test's (0 ok, 1 a mismatch or a kernel failure, 3 refused), 2 for a
+   deployment error.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ SMOKE = "board_smoke.py"
 MANIFEST = "manifest.json"
 PYNQ_PYTHON = "sudo -E /usr/local/share/pynq-venv/bin/python3"
 """The Python that sees pynq on PYNQ 3.x images (pynq needs root for the PL)."""
+BOARD_CHECK = (
+    ("polling", ["--wait", "poll", "--driver-only"]),
+    ("interrupts", ["--wait", "interrupt", "--driver-only"]),
+    ("training", ["--driver-only", "--train", "30"]),
+)
+"""The first run on a new board (`make board-check`): the board_smoke.py arguments of each stage, in order."""
 
 
 BOARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -185,6 +195,25 @@ def smoke_command(python: str, where: str, smoke_args: list[str], install: bool,
     return cmd
 
 
+def summary(report: dict) -> str:
+    """One line on a smoke test's report: passed (with what), refused or FAILED (with why)."""
+    if report.get("refused"):
+        return report["refused"]
+    facts = []
+    if "driver" in report:
+        d = report["driver"]
+        facts.append(f"{d['runs']} kernel runs waited for by {report['wait']}, mismatched steps {d['mismatches']}")
+    if "backend" in report:
+        facts.append(f"backend shard against the cpu shard: mismatched steps {report['backend']['mismatches']}")
+    if "train" in report:
+        t = report["train"]
+        facts.append(f"training loss {t['loss_first']:g} -> {t['loss_last']:g} in {t['steps']} steps")
+    if report.get("error"):
+        facts.append(report["error"])
+    verdict = "passed" if report.get("ok") else "FAILED"
+    return f"{verdict} ({'; '.join(facts)})" if facts else verdict
+
+
 def parse_report(stdout: str) -> dict:
     for line in reversed(stdout.strip().splitlines()):
         try:
@@ -214,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package-only", action="store_true", help="stop after packaging")
     parser.add_argument("--from-package", type=Path, help="deploy this package folder as it is (no packaging)")
     parser.add_argument("--driver-only", action="store_true", help="smoke-test the driver only, not the backend too")
+    parser.add_argument(
+        "--board-check", action="store_true",
+        help="the first-run sequence: the smoke test polling, then on the interrupt, then a short training",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not args.package_only and bool(args.host) == bool(args.target):
         parser.error("give either --host (a board over ssh) or --target (a local folder)")
@@ -235,34 +268,46 @@ def main(argv: list[str] | None = None) -> int:
             raise DeployError(f"{pkg} is not a package ({exc!r})") from exc
         if board != args.board:
             raise DeployError(f"{pkg} is a package for {board!r}, not for --board {args.board!r}")
-        smoke_args = ["--transport", args.transport, *(["--driver-only"] if args.driver_only else [])]
         # the package lands in a folder of its own name, the only one replaced
         if args.target:
-            dest = args.target.resolve() / name
-            replace_tree(dest, pkg)
+            folder = str(args.target.resolve() / name)
+            replace_tree(Path(folder), pkg)
             python = args.python or shlex.quote(sys.executable)
-            command = smoke_command(python, str(dest), smoke_args, args.install, wheel)
-            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
-            where = str(dest)
+            where = folder
+
+            def run_there(command: str) -> subprocess.CompletedProcess:
+                return subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+
         else:
-            remote_dir = remote_package_dir(args.remote_dir, name)
+            folder = remote_package_dir(args.remote_dir, name)
             remote = Remote(args.host, args.port, args.identity, args.ssh_option)
-            method = remote.copy(pkg, remote_dir)
-            print(f"copied to {args.host}:{remote_dir} with {method}", file=sys.stderr)
-            command = smoke_command(args.python or PYNQ_PYTHON, remote_dir, smoke_args, args.install, wheel)
-            done = remote.run(command, check=False)
-            where = f"{args.host}:{remote_dir}"
+            method = remote.copy(pkg, folder)
+            print(f"copied to {args.host}:{folder} with {method}", file=sys.stderr)
+            python = args.python or PYNQ_PYTHON
+            where = f"{args.host}:{folder}"
+
+            def run_there(command: str) -> subprocess.CompletedProcess:
+                return remote.run(command, check=False)
+
     except (DeployError, OSError) as exc:
         print(f"deploy failed: {exc}", file=sys.stderr)
         return 2
-    report = parse_report(done.stdout)
-    if not report:
-        print(f"the smoke test at {where} gave no report ({done.returncode}): {done.stderr.strip()}", file=sys.stderr)
-        return 2
-    print(json.dumps(report))
-    verdict = "passed" if report.get("ok") else report.get("refused") or "FAILED"
-    print(f"smoke test at {where}: {verdict}", file=sys.stderr)
-    return done.returncode
+    stages = BOARD_CHECK if args.board_check else (("smoke test", ["--driver-only"] if args.driver_only else []),)
+    for i, (stage, extra) in enumerate(stages, 1):
+        install = args.install and i == len(stages)  # only a package that passed every stage is installed
+        done = run_there(smoke_command(python, folder, ["--transport", args.transport, *extra], install, wheel))
+        report = parse_report(done.stdout)
+        label = f"board check {i}/{len(stages)}, {stage}," if args.board_check else stage
+        if not report:
+            print(f"the {label} at {where} gave no report ({done.returncode}): {done.stderr.strip()}", file=sys.stderr)
+            return 2
+        print(json.dumps(report))
+        print(f"{label} at {where}: {summary(report)}", file=sys.stderr)
+        if done.returncode:
+            return done.returncode
+    if args.board_check:
+        print(f"board check at {where}: all {len(stages)} stages passed", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

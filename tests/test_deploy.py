@@ -19,8 +19,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from hetadam.driver.fake import FakeTransport
 from hetadam.filelock import file_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,7 @@ def load_script(name: str):
 
 
 deploy = load_script("deploy_pynq")
+smoke = load_script("board_smoke")
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +143,78 @@ def test_smoke_refuses_a_tampered_manifest(overlay: Path, wheel: Path, tmp_path:
     assert "package refused" in json.loads(done.stdout)["refused"]
 
 
+def edit_manifest(pkg: Path, edit: str, wheel: str) -> None:
+    """Damage the package's manifest (and, for "empty files", its bitstream) as `edit` says."""
+    path = pkg / "manifest.json"
+    manifest = json.loads(path.read_text())
+    files = manifest["files"]
+    if edit == "not JSON":
+        path.write_text("{")
+        return
+    if edit == "not an object":
+        manifest = list(manifest)
+    elif edit == "files a list":
+        manifest["files"] = sorted(files)
+    elif edit == "no wheel key":
+        del manifest["wheel"]
+    elif edit == "wheel outside":
+        manifest["wheel"] = f"../{wheel}"
+    elif edit == "no board":
+        del manifest["board"]
+    elif edit == "empty files":  # and a replaced bitstream, which nothing then checks
+        manifest["files"] = {}
+        (pkg / "overlay" / "hetadam.bit").write_bytes(b"another design")
+    elif edit == "digest a number":
+        files["overlay/hetadam.hwh"] = 5
+    elif edit == "path outside":
+        files["../manifest.json"] = "0" * 64
+    else:
+        del files[{"no bit": "overlay/hetadam.bit", "no hwh": "overlay/hetadam.hwh", "no wheel": wheel,
+                   "no smoke script": "board_smoke.py"}[edit]]  # fmt: skip
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        ("not JSON", "unreadable manifest.json"),
+        ("not an object", "manifest.json is not a JSON object"),
+        ("files a list", "'files' is not an object of file names and SHA-256 digests"),
+        ("digest a number", "'files' is not an object of file names and SHA-256 digests"),
+        ("no wheel key", "'wheel' is not the file name of a wheel (None)"),
+        ("wheel outside", "'wheel' is not the file name of a wheel ('../hetadam-"),
+        ("no board", "'board' is not a board name (None)"),
+        ("empty files", "manifest.json lists no overlay/hetadam.bit"),
+        ("no bit", "manifest.json lists no overlay/hetadam.bit"),
+        ("no hwh", "manifest.json lists no overlay/hetadam.hwh"),
+        ("no smoke script", "manifest.json lists no board_smoke.py"),
+        ("no wheel", "manifest.json lists no hetadam-"),
+        ("path outside", "manifest.json lists '../manifest.json', which is not a path inside the package"),
+    ],
+)
+def test_smoke_refuses_a_malformed_or_incomplete_manifest_in_one_line(
+    built: Path, wheel: Path, capsys: pytest.CaptureFixture, edit: str, reason: str
+) -> None:
+    edit_manifest(built, edit, wheel.name)
+    rc = smoke.main(["--package", str(built), "--transport", "fake"])
+    out, err = capsys.readouterr()
+    assert rc == 3
+    assert err == "", "no traceback"
+    [line] = out.splitlines()
+    refused = json.loads(line)["refused"]
+    assert refused.startswith("package refused: ") and reason in refused
+    assert not (built / "site").exists(), "nothing may be unpacked when refused"
+
+
+def test_smoke_refuses_a_wheel_that_does_not_match_its_hash(
+    built: Path, wheel: Path, capsys: pytest.CaptureFixture
+) -> None:
+    flip_byte(built / wheel.name, at=1000)
+    assert smoke.main(["--package", str(built), "--transport", "fake"]) == 3
+    refused = json.loads(capsys.readouterr().out)["refused"]
+    assert refused == f"package refused: {wheel.name} does not match its SHA-256 in the manifest"
+
+
 # -- what a deployment may delete: only hetadam-<board>/ ------------------
 
 
@@ -241,30 +316,37 @@ def test_a_remote_dir_of_root_or_home_is_refused_before_connecting(
 
 class RecordedSsh:
     """deploy_pynq's `subprocess` with every command recorded and none run: the
-    board has no rsync, its smoke test reports success."""
+    board has no rsync; its smoke tests give `results` (exit status, report) in
+    turn, success when none are left."""
 
     CompletedProcess = subprocess.CompletedProcess
 
-    def __init__(self) -> None:
+    def __init__(self, results: list[tuple[int, dict]] | None = None) -> None:
         self.commands: list[list[str]] = []
+        self.results = list(results or [])
 
     def run(self, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         self.commands.append(cmd)
         remote = cmd[-1] if cmd[0] == "ssh" else ""
         if remote == "command -v rsync":
             return subprocess.CompletedProcess(cmd, 1, "", "")
-        stdout = json.dumps({"ok": True}) + "\n" if "board_smoke.py" in remote else ""
-        return subprocess.CompletedProcess(cmd, 0, stdout, "")
+        if "board_smoke.py" in remote:
+            rc, report = self.results.pop(0) if self.results else (0, {"ok": True})
+            return subprocess.CompletedProcess(cmd, rc, json.dumps(report) + "\n", "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    def remote(self, word: str) -> list[str]:
+        """The remote commands that contain `word`."""
+        return [cmd[-1] for cmd in self.commands if cmd[0] == "ssh" and word in cmd[-1]]
 
     def removed(self) -> list[str]:
         """The operands of every rm the ssh commands ran."""
         out = []
-        for cmd in self.commands:
-            if cmd[0] == "ssh":
-                words = shlex.split(cmd[-1])
-                for i, word in enumerate(words):
-                    if word == "rm":
-                        out += [w for w in words[i + 1 : words.index("&&", i)] if not w.startswith("-")]
+        for command in self.remote("rm "):
+            words = shlex.split(command)
+            for i, word in enumerate(words):
+                if word == "rm":
+                    out += [w for w in words[i + 1 : words.index("&&", i)] if not w.startswith("-")]
         return out
 
 
@@ -283,6 +365,63 @@ def test_over_scp_only_the_package_folder_is_removed(
     assert ssh.removed() == [f"{expect}/hetadam-pynq-z2"]
     scp = next(cmd for cmd in ssh.commands if cmd[0] == "scp")
     assert scp[-1] == f"xilinx@board:{expect}/hetadam-pynq-z2/"
+
+
+# -- make board-check: the first run on a new board -----------------------
+
+
+def test_board_check_dry_run_polls_then_waits_on_the_interrupt_then_trains(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rc = deploy.main(["--board", "pynq-z2", "--from-package", str(built), "--target", str(tmp_path / "board"),
+                      "--transport", "fake", "--board-check"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    poll, irq, train = (json.loads(line) for line in out.splitlines())
+    assert (poll["wait"], irq["wait"], train["wait"]) == ("poll", "interrupt", "interrupt")
+    assert all(r["ok"] and r["driver"]["mismatches"] == [] and "backend" not in r for r in (poll, irq, train))
+    assert "train" not in poll and "train" not in irq
+    assert train["train"]["mismatches"] == [] and train["train"]["steps"] == 30
+    assert train["train"]["loss_last"] < train["train"]["loss_first"] / 10
+    for i, stage in enumerate(["polling", "interrupts", "training"], 1):
+        assert f"board check {i}/3, {stage}, at {tmp_path / 'board' / 'hetadam-pynq-z2'}: passed (" in err
+    assert "all 3 stages passed" in err
+
+
+def test_board_check_stops_at_the_first_stage_that_fails(
+    built: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_irq = {"ok": False, "wait": "interrupt", "error": "no interrupt from the kernel within 10 s"}
+    ssh = RecordedSsh([(0, {"ok": True}), (1, no_irq)])
+    monkeypatch.setattr(deploy, "subprocess", ssh)
+    monkeypatch.setattr(deploy.shutil, "which", lambda name: None)
+    rc = deploy.main(["--board", "pynq-z2", "--from-package", str(built), "--host", "xilinx@board", "--board-check",
+                      "--install"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1
+    smoke_runs = ssh.remote("board_smoke.py")
+    assert [("--wait poll" in c, "--wait interrupt" in c) for c in smoke_runs] == [(True, False), (False, True)]
+    assert not ssh.remote("pip install"), "a package that failed a stage is not installed"
+    assert "board check 2/3, interrupts, at xilinx@board:hetadam/hetadam-pynq-z2: FAILED (no interrupt" in err
+    assert "all 3 stages passed" not in err
+
+
+class LastElementStuck(FakeTransport):
+    """A kernel double that leaves the last parameter of each run as it was (a write-back one beat short)."""
+
+    def _compute(self, args: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
+        out, sat = super()._compute(args)
+        out["p"][-1] = self._load(args["p"], args["n"], np.int32)[-1]
+        return out, sat
+
+
+@pytest.mark.parametrize("wait", ["poll", "interrupt"])
+def test_the_training_stage_needs_every_step_bit_exact_and_the_loss_to_fall(wait: str) -> None:
+    good = smoke.check_training(smoke.make_driver(FakeTransport(), wait), 30, seed=1)
+    assert good["ok"] and good["mismatches"] == []
+    assert good["loss_last"] < good["loss_first"] / 10
+    bad = smoke.check_training(smoke.make_driver(LastElementStuck(), wait), 30, seed=1)
+    assert not bad["ok"] and bad["mismatches"] == list(range(1, 31))
 
 
 # -- over SSH -------------------------------------------------------------
@@ -332,14 +471,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     host_pub = (d / "host_key.pub").read_text().split()
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    options = [
+        "--port", str(port), "--identity", str(d / "client_key"),
+        "--ssh-option", f"UserKnownHostsFile={d / 'known_hosts'}", "--ssh-option", "StrictHostKeyChecking=yes",
+        "--python", sys.executable,
+    ]  # fmt: skip
     try:
-        yield {
-            "args": [
-                "--host", f"{user}@127.0.0.1", "--port", str(port), "--identity", str(d / "client_key"),
-                "--ssh-option", f"UserKnownHostsFile={d / 'known_hosts'}", "--ssh-option", "StrictHostKeyChecking=yes",
-                "--python", sys.executable,
-            ],
-        }  # fmt: skip
+        yield {"host": f"{user}@127.0.0.1", "options": options, "args": ["--host", f"{user}@127.0.0.1", *options]}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -397,3 +535,35 @@ def test_unreachable_board_is_a_deployment_error(
     ])  # fmt: skip
     assert rc == 2
     assert "deploy failed: ssh nobody@127.0.0.1" in capsys.readouterr().err
+
+
+# -- make board-check -------------------------------------------------------
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    """make in the checkout, with this interpreter, never (re)installing the virtualenv."""
+    if shutil.which("make") is None:
+        pytest.skip(reason="make is not installed (apt-get install make)")
+    cmd = ["make", "-C", str(ROOT), "--no-print-directory", "-o", ".venv/.installed", f"PY={sys.executable}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def test_make_board_check_needs_a_host() -> None:
+    done = make("board-check", "BOARD=kv260", "HOST=")
+    assert done.returncode != 0
+    assert "HOST is required: make board-check BOARD=kv260 HOST=xilinx@<board address>" in done.stderr
+
+
+def test_make_board_check_over_ssh_dry_run(sshd: dict, overlay: Path, wheel: Path, tmp_path: Path) -> None:
+    deploy_args = [
+        *sshd["options"], "--overlay-dir", str(overlay), "--out", str(tmp_path / "out"), "--wheel", str(wheel),
+        "--remote-dir", str(tmp_path / "remote"), "--transport", "fake",
+    ]  # fmt: skip
+    done = make("board-check", "BOARD=zcu104", f"HOST={sshd['host']}", f"DEPLOY_ARGS={shlex.join(deploy_args)}")
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["wait"] for r in reports] == ["poll", "interrupt", "interrupt"]
+    assert all(r["ok"] and r["board"] == "zcu104" for r in reports) and "train" in reports[2]
+    where = f"{sshd['host']}:{tmp_path / 'remote' / 'hetadam-zcu104'}"
+    assert f"board check 3/3, training, at {where}: passed (" in done.stderr
+    assert f"board check at {where}: all 3 stages passed" in done.stderr
