@@ -6,8 +6,16 @@ when a step is split across backends); `state_dict()` gathers it into torch's
 per-parameter layout, so it loads into torch.optim.Adam and back, and moves
 between backends and numerics.
 
+Arguments are checked as torch checks them (validation.py), and a state dict
+before it is loaded (state_io.py): what is refused changes nothing. Copies
+(`copy.deepcopy`) and pickles carry the state and start their own backends.
+
 Deviations from torch.optim.Adam, by design:
 - parameters must be contiguous float32 CPU tensors (the runtime streams them);
+- a parameter listed twice is refused (torch warns, then steps it twice), and
+  so is eps=0;
+- `fixed` refuses parameters outside its range (±128 in the default Q7.24)
+  and hyper-parameters its registers cannot hold at some step, up front;
 - a non-finite gradient raises `NonFiniteGradientError` before anything
   changes (torch would write NaN into the parameters; `check_finite=False`
   does as torch does).
@@ -15,31 +23,32 @@ Deviations from torch.optim.Adam, by design:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import backends
-from .backends.base import Backend, BackendError, Shard, StepHyper, encode_hyper
-from .finite import all_finite
+from . import backends, state_io
+from .backends.base import Backend, StepHyper
 from .layout import GroupLayout
 from .numerics import DEFAULT, FixedFormat
-from .runtime import Partition, ShardStats, needs_rebalance, plan_partition, rebalance
+from .runtime import Partition, ShardJob, ShardStats, StepRunner, needs_rebalance, plan_partition, rebalance
+from .validation import (
+    NonFiniteGradientError,
+    check_backends,
+    check_distinct,
+    check_fixed_range,
+    check_grads,
+    check_group,
+    check_hyper,
+    check_numerics,
+    check_param,
+    check_split,
+    param_label,
+    scalar,
+)
 
-NUMERICS = ("fp32", "fixed")
-FIXED_STATE_KEY = "fixed"
-FIXED_ARRAYS = ("P", "M", "em", "S", "es")
-
-
-class NonFiniteGradientError(ValueError):
-    """A gradient holds NaN or Inf; the step was not applied."""
-
-
-def _float(x: float | torch.Tensor) -> float:
-    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+__all__ = ["HetAdam", "NonFiniteGradientError"]
 
 
 class HetAdam(torch.optim.Optimizer):
@@ -47,7 +56,9 @@ class HetAdam(torch.optim.Optimizer):
 
     Args (beyond torch.optim.Adam's):
         backend: a backend name (``hetadam.backends.NAMES``), a list of names
-            to split every step across, or ``"auto"`` (every usable backend).
+            to split every step across, or ``"auto"`` (every backend that is
+            usable here and starts; one that fails to start is skipped with a
+            warning).
         numerics: ``"fp32"`` (torch's arithmetic) or ``"fixed"`` (the
             block fixed-point spec, bit-exact on every backend).
         fixed_format: widths of the fixed format (the default is what the
@@ -56,8 +67,9 @@ class HetAdam(torch.optim.Optimizer):
             the spec's LFSR (seeded by `seed`) instead of to nearest even.
         step_timeout: seconds a backend may take for one step before the step
             fails (None: no limit).
-        split: with several backends, their initial shares (weights in the
-            order of `backend`; default: each backend's throughput on a probe).
+        split: with several backends, their initial shares (finite weights
+            >= 0, not all 0, in the order of `backend`; default: each
+            backend's throughput on a probe).
         rebalance_every: with several backends, re-size their shares from the
             measured step timings every this many steps (0: never).
         check_finite: refuse a step whose gradients hold NaN or Inf before
@@ -87,11 +99,8 @@ class HetAdam(torch.optim.Optimizer):
         rebalance_every: int = 16,
         check_finite: bool = True,
     ) -> None:
-        _check_hyper(lr, betas, eps, weight_decay)
-        if numerics not in NUMERICS:
-            raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
-        if numerics == "fixed" and amsgrad:
-            raise ValueError("amsgrad=True is not supported by numerics='fixed'; use numerics='fp32'")
+        check_hyper(lr, betas, eps, weight_decay)
+        check_numerics(numerics, amsgrad)
         self.numerics = numerics
         self.fixed_format = fixed_format
         self.stochastic_rounding = stochastic_rounding
@@ -99,18 +108,14 @@ class HetAdam(torch.optim.Optimizer):
         self.step_timeout = step_timeout
         self.rebalance_every = rebalance_every
         self.check_finite = check_finite
+        self.split = None if split is None else list(split)
+        self.saturated = 0
+        """Elements saturated by the fixed format in the last step."""
         self._steps_taken = 0
-        self.backend_names = _backend_names(backend, numerics)
-        if split is not None and len(split) != len(self.backend_names):
-            raise ValueError(f"split gives {len(split)} weights for {len(self.backend_names)} backends")
-        self.split = split
+        self.backend_names: list[str] = []
         self.backends: dict[str, Backend] = {}
-        for name in self.backend_names:
-            cls = backends.backend_class(name)
-            if numerics not in cls.numerics:
-                raise ValueError(f"backend {name!r} does not support numerics={numerics!r} (it runs {cls.numerics})")
-            self.backends[name] = backends.create(name)
         self._partitions: list[Partition] = []
+        self._runner = StepRunner()
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -120,72 +125,174 @@ class HetAdam(torch.optim.Optimizer):
             "maximize": maximize,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults)
-        self.saturated = 0
-        """Elements saturated by the fixed format in the last step."""
-        self.register_load_state_dict_pre_hook(_take_fixed_arrays)
-        self.register_load_state_dict_post_hook(_push_state_to_shards)
+        try:
+            if backend == "auto":
+                self.backends = backends.create_usable(numerics)
+                check_split(self.split, len(self.backends))
+            else:
+                names = check_backends(backend, numerics)
+                check_split(self.split, len(names))  # before any backend starts
+                for name in names:
+                    self.backends[name] = backends.create(name)
+            self.backend_names = list(self.backends)
+            super().__init__(params, defaults)
+        except BaseException:
+            self.close()
+            raise
 
     # -- param groups ------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group, with every check first: a refused group
+        leaves the optimizer as it was."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        params = param_group["params"]
+        if not isinstance(params, (torch.Tensor, set)):  # a set: torch refuses it
+            param_group["params"] = params = list(params)
+        entries = [params] if isinstance(params, torch.Tensor) else list(params)
+        tensors = [e[1] if isinstance(e, tuple) else e for e in entries]
+        names = [e[0] for e in entries] if entries and all(isinstance(e, tuple) for e in entries) else None
+        labels = [param_label(len(self.param_groups), i, p, names) for i, p in enumerate(tensors)]
+        for p, label in zip(tensors, labels, strict=True):
+            check_param(p, label)
+        check_distinct(tensors, labels, [p for group in self.param_groups for p in group["params"]])
+        check_group({**self.defaults, **param_group}, self.numerics, self.fixed_format)
+        if self.numerics == "fixed":
+            for p, label in zip(tensors, labels, strict=True):
+                check_fixed_range(p, label, self.fixed_format)
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        _check_hyper(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        if self.numerics == "fixed" and group["amsgrad"]:
-            raise ValueError("amsgrad=True is not supported by numerics='fixed'; use numerics='fp32'")
-        for p in group["params"]:
-            _check_param(p)
-        layout = GroupLayout.of(group["params"], self.fixed_format.block)
+        try:
+            self._partitions.append(self._plan(len(self.param_groups) - 1, None))
+        except BaseException:
+            self.param_groups.pop()
+            raise
+
+    def _plan(self, index: int, saved: list[Any] | None) -> Partition:
+        """Shards for param group `index`, holding the per-parameter states
+        `saved` (torch's layout, checked by state_io; None: a fresh state)."""
+        group = self.param_groups[index]
+        params = group["params"]
+        layout = GroupLayout.of(params, self.fixed_format.block)
+        flat = {}
+        if saved is not None:
+            labels = self._labels(index, group)
+            fmt = self.fixed_format
+            flat = state_io.decode_group(saved, params, labels, layout, fmt, self.numerics == "fixed").flat
         partition = plan_partition(layout.size, self.backends, self.numerics, self.fixed_format, self.split)
         partition.layout = layout
-        self._partitions.append(partition)
-        params_flat = _flat_params(group["params"], layout)
-        for shard in partition.shards:
-            shard.import_state({}, params_flat[shard.start : shard.start + shard.n])
+        try:
+            state_io.import_group(partition.shards, flat, layout.flatten(params), layout.block)
+        except BaseException:
+            partition.close()
+            raise
+        return partition
+
+    def _plan_new_groups(self) -> None:
+        """Plan the groups appended to `param_groups` directly (not through
+        add_param_group) as add_param_group would; refuse other changes of the
+        list, which the resident state cannot follow."""
+        if len(self.param_groups) < len(self._partitions):
+            raise ValueError(
+                f"param_groups holds {len(self.param_groups)} groups, but the optimizer planned "
+                f"{len(self._partitions)}: groups cannot be removed; create a new optimizer instead"
+            )
+        for i, (group, partition) in enumerate(zip(self.param_groups, self._partitions, strict=False)):
+            if tuple(p.numel() for p in group["params"]) != partition.layout.numels:
+                raise ValueError(
+                    f"the parameters of param group {i} changed after it was added: the optimizer keeps their "
+                    "state in place, so add new parameters with add_param_group instead"
+                )
+        new = self.param_groups[len(self._partitions) :]
+        del self.param_groups[len(self._partitions) :]
+        for k, group in enumerate(new):
+            index = len(self.param_groups)
+            try:
+                self.add_param_group(group)
+            except BaseException as exc:
+                self.param_groups.extend(new[k:])  # left as the user put them: the next call refuses again
+                if isinstance(exc, (ValueError, TypeError)):
+                    raise type(exc)(
+                        f"param group {index}, appended to param_groups directly, is refused: {exc} "
+                        "(fix or remove it; add_param_group checks a group as it is added)"
+                    ) from exc
+                raise
 
     # -- the step ----------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One Adam step of every param group, as one transaction (runtime.py):
+        checks, then every shard's share, then the commit; on any failure
+        nothing changed and the error propagates."""
+        self._plan_new_groups()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = []
-        for group, partition in zip(self.param_groups, self._partitions, strict=True):
+        work: list[tuple[int, dict[str, Any], Partition, list[int]]] = []
+        for i, (group, partition) in enumerate(zip(self.param_groups, self._partitions, strict=True)):
             params = group["params"]
-            if any(p.grad is not None for p in params):
-                _check_grads(params, self.check_finite)
-                work.append((group, partition))
-        if self.numerics == "fixed":  # encoding fails for hyper-parameters the format cannot hold
-            for group, _ in work:
-                encode_hyper(self._hyper(group, 1), self.fixed_format)
-        stepped: list[Shard] = []
-        saturated = 0
-        try:
-            for group, partition in work:
-                steps = [self._param_step(p) + 1 for p in group["params"]]
-                live = [s for s, p in zip(steps, group["params"], strict=True) if p.grad is not None]
-                hyper = self._hyper(group, max(live))
-                saturated += partition.step(group["params"], steps, hyper, stepped, self.step_timeout)
-        except BaseException as exc:
-            for shard in stepped:
-                shard.discard()
-            if isinstance(exc, (BackendError, ValueError, TypeError)):
-                raise
-            raise BackendError(f"the step failed and was not applied: {exc}") from exc
-        for shard in stepped:
-            shard.commit()
-        for group, _ in work:
-            for p in group["params"]:
-                if p.grad is not None:
+            live = [k for k, p in enumerate(params) if p.grad is not None]
+            if live:
+                check_grads(params, self.check_finite)
+                work.append((i, group, partition, live))
+        if self.numerics == "fixed":  # the registers must hold every step's scalars
+            for _, group, _, _ in work:
+                check_group(group, self.numerics, self.fixed_format)
+        self._runner.fence([s for _, _, partition, _ in work for s in partition.shards], self.step_timeout)
+        if self._detect_param_changes:
+            self._take_changed_params(work)
+        planned: list[tuple[Partition, list[ShardJob]]] = []
+        for _, group, partition, live in work:
+            params = group["params"]
+            steps = [self._param_step(p) + 1 for p in params]
+            hyper = self._hyper(group, max(steps[k] for k in live))
+            planned.append((partition, partition.jobs(params, steps, hyper)))
+
+        def count_steps() -> None:  # inside the commit: the step counts move with the parameters
+            for _, group, _, live in work:
+                for k in live:
+                    p = group["params"][k]
                     self.state[p]["step"] = torch.tensor(float(self._param_step(p) + 1))
-        self.saturated = saturated
+
+        results = self._runner.run([job for _, jobs in planned for job in jobs], self.step_timeout, count_steps)
+        at = 0
+        for partition, jobs in planned:
+            partition.record(jobs, results[at : at + len(jobs)])
+            at += len(jobs)
+        self.saturated = sum(r.saturated for r in results)
         self._steps_taken += 1
         if self.rebalance_every and self._steps_taken % self.rebalance_every == 0:
             self._rebalance()
         return loss
+
+    _detect_param_changes = True
+    """Compare the parameters with the resident copy at each step (the bench
+    turns it off to measure what it costs)."""
+
+    def _take_changed_params(self, work: list[tuple[int, dict[str, Any], Partition, list[int]]]) -> None:
+        """Parameters changed outside the optimizer since its last step (an
+        in-place op, `.data`, `model.load_state_dict`) are where this step
+        starts, as in torch: each live parameter is compared with the shards'
+        resident copy, the changed ones are checked (a `fixed` range, a tensor
+        the runtime can stream), then re-imported, moments kept."""
+        changed = []
+        for i, group, partition, live in work:
+            params = group["params"]
+            for k in live:
+                p = params[k]
+                if p.dtype != torch.float32 or not p.is_contiguous() or p.device.type != "cpu":  # `.data =`
+                    check_param(p, self._labels(i, group)[k])
+            found = partition.changed_params(params, live)
+            if found and self.numerics == "fixed":
+                labels = self._labels(i, group)
+                for k in found:
+                    check_fixed_range(params[k], labels[k], self.fixed_format)
+            changed.append((partition, params, found))
+        for partition, params, found in changed:  # every check passed: nothing fails from here
+            if found:
+                partition.reimport_params(params, found)
 
     @property
     def step_stats(self) -> list[ShardStats]:
@@ -193,12 +300,16 @@ class HetAdam(torch.optim.Optimizer):
         return [s for partition in self._partitions for s in partition.stats]
 
     def _rebalance(self) -> None:
-        """Re-size multi-backend shares to the throughput the steps measured."""
+        """Re-size multi-backend shares to the throughput the steps measured. A
+        re-balance that fails warns and keeps the shares (runtime.rebalance):
+        the step before it was committed, so it must not fail."""
         for i, (group, partition) in enumerate(zip(self.param_groups, self._partitions, strict=True)):
             weights = partition.measured_weights()
             if weights is None or not needs_rebalance(partition, weights, self.fixed_format.block):
                 continue
-            params_flat = _flat_params(group["params"], partition.layout)
+            if self._runner.busy(partition.shards):  # an abandoned step still runs there
+                continue
+            params_flat = partition.layout.flatten(group["params"])
             self._partitions[i] = rebalance(
                 partition, params_flat, self.backends, self.numerics, self.fixed_format, weights
             )
@@ -210,9 +321,9 @@ class HetAdam(torch.optim.Optimizer):
     def _hyper(self, group: dict[str, Any], step: int) -> StepHyper:
         beta1, beta2 = group["betas"]
         return StepHyper(
-            lr=_float(group["lr"]),
-            beta1=_float(beta1),
-            beta2=_float(beta2),
+            lr=scalar(group["lr"]),
+            beta1=scalar(beta1),
+            beta2=scalar(beta2),
             eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             step=step,
@@ -221,55 +332,130 @@ class HetAdam(torch.optim.Optimizer):
             maximize=bool(group["maximize"]),
             seed=self.seed,
             stochastic=self.stochastic_rounding,
+            check_finite=self.check_finite,
         )
 
     # -- state -------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        self._pull_state_from_shards()
+        self._plan_new_groups()
+        self._export_state()
         return super().state_dict()
 
-    def _pull_state_from_shards(self) -> None:
+    def _export_state(self) -> None:
         """Copy each shard's resident state into torch's per-parameter layout."""
         for group, partition in zip(self.param_groups, self._partitions, strict=True):
-            layout = partition.layout
-            exported = [(shard, shard.export_state()) for shard in partition.shards]
-            for p, off, numel in zip(group["params"], layout.offsets, layout.numels, strict=True):
-                step = self._param_step(p)
-                state: dict[str, Any] = {"step": torch.tensor(float(step))}
-                pieces: dict[str, list[np.ndarray]] = {}
-                for shard, st in exported:
-                    lo, hi = max(off, shard.start), min(off + numel, shard.start + shard.n)
-                    if lo >= hi:
-                        continue
-                    for key, arr in st.items():
-                        if key == "fixed_format":
-                            continue
-                        if key in ("fixed_em", "fixed_es"):
-                            B = layout.block
-                            blo, bhi = (lo - shard.start) // B, -(-(hi - shard.start) // B)
-                            pieces.setdefault(key, []).append(arr[blo:bhi])
-                        else:
-                            pieces.setdefault(key, []).append(arr[lo - shard.start : hi - shard.start])
-                for key, parts in pieces.items():
-                    arr = np.concatenate(parts)
-                    if key.startswith("fixed_"):
-                        continue
-                    state[key] = torch.from_numpy(arr.astype(np.float32)).reshape(p.shape)
-                if "fixed_P" in pieces:
-                    fmt = self.fixed_format
-                    state[FIXED_STATE_KEY] = {
-                        name: torch.from_numpy(np.concatenate(pieces[f"fixed_{name}"]).view(_signed(name)).copy())
-                        for name in FIXED_ARRAYS
-                    }
-                    state[FIXED_STATE_KEY]["format"] = torch.tensor(
-                        [fmt.block, fmt.g_bits, fmt.m_bits, fmt.s_bits, fmt.p_frac], dtype=torch.int64
-                    )
-                if numel and step:
+            params = group["params"]
+            exported = state_io.export_group(
+                partition.shards, partition.layout, params, [self._param_step(p) for p in params]
+            )
+            for p, state in zip(params, exported, strict=True):
+                if state is not None:
                     self.state[p] = state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, with every check first: a state dict that
+        does not fit (another model, a truncated array, invalid
+        hyper-parameters) raises ValueError and changes nothing. Param groups
+        saved without some option (an older torch) take the default, as torch
+        does. The checks read the state dict as given, before the optimizer's
+        load_state_dict pre-hooks run."""
+        self._plan_new_groups()
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has a different number of parameter groups: {len(saved_groups)}, "
+                f"the optimizer has {len(self.param_groups)}"
+            )
+        groups = [{**self.defaults, **saved} for saved in saved_groups]
+        decoded = []
+        for i, (group, saved, partition) in enumerate(zip(self.param_groups, groups, self._partitions, strict=True)):
+            params = group["params"]
+            if len(saved["params"]) != len(params):
+                raise ValueError(
+                    f"loaded state dict contains a parameter group that doesn't match the size of optimizer's "
+                    f"group: group {i} has {len(saved['params'])} parameters, the optimizer's {len(params)}"
+                )
+            try:
+                check_group(saved, self.numerics, self.fixed_format)
+            except ValueError as exc:
+                raise ValueError(f"loaded param group {i}: {exc}") from exc
+            labels = self._labels(i, group)
+            if self.numerics == "fixed":
+                for p, label in zip(params, labels, strict=True):
+                    check_fixed_range(p, label, self.fixed_format)
+            saved_states = [state_dict["state"].get(pid) for pid in saved["params"]]
+            decoded.append(
+                state_io.decode_group(
+                    saved_states, params, labels, partition.layout, self.fixed_format, self.numerics == "fixed"
+                )
+            )
+        super().load_state_dict(
+            {
+                **state_dict,
+                "param_groups": groups,
+                "state": {
+                    pid: {k: v for k, v in st.items() if k != state_io.FIXED_STATE_KEY}
+                    for pid, st in state_dict["state"].items()
+                },
+            }
+        )
+        for group, partition, loaded in zip(self.param_groups, self._partitions, decoded, strict=True):
+            params = group["params"]
+            for p, step in zip(params, loaded.steps, strict=True):
+                if p in self.state:  # torch keeps the saved step tensor itself: don't share it
+                    self.state[p]["step"] = torch.tensor(float(step))
+            layout = partition.layout
+            state_io.import_group(partition.shards, loaded.flat, layout.flatten(params), layout.block)
+
+    def _labels(self, group_index: int, group: dict[str, Any]) -> list[str]:
+        names = group.get("param_names")
+        return [param_label(group_index, i, p, names) for i, p in enumerate(group["params"])]
+
+    _CONFIG = (
+        "numerics",
+        "fixed_format",
+        "stochastic_rounding",
+        "seed",
+        "step_timeout",
+        "rebalance_every",
+        "check_finite",
+        "split",
+        "backend_names",
+        "saturated",
+        "_steps_taken",
+    )
+    """What a copy or a pickle carries beyond torch's state; the backends are
+    created again from their names and the state moves through state_io."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._plan_new_groups()
+        self._export_state()
+        state = super().__getstate__()
+        state["hetadam"] = {key: getattr(self, key) for key in self._CONFIG}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        config = state.pop("hetadam", None)
+        super().__setstate__(state)
+        if config is None:  # torch's load_state_dict sets state and param_groups this way
+            return
+        self.__dict__.update(config)
+        self.backends = {}
+        self._partitions = []
+        self._runner = StepRunner()
+        try:
+            for name in self.backend_names:
+                self.backends[name] = backends.create(name)
+            for i, group in enumerate(self.param_groups):
+                self._partitions.append(self._plan(i, [self.state.get(p) for p in group["params"]]))
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Release the backends (device contexts, simulator processes)."""
+        self._runner.close()
         for partition in self._partitions:
             partition.close()
         for backend in self.backends.values():
@@ -287,153 +473,3 @@ class HetAdam(torch.optim.Optimizer):
         return inner.replace(
             self.__class__.__name__, f"{self.__class__.__name__}[{'+'.join(self.backend_names)}, {self.numerics}]", 1
         )
-
-
-def _signed(name: str) -> np.dtype:
-    """Dtypes that torch can hold: S (uint16) travels as int16 bits."""
-    return {"P": np.int32, "M": np.int16, "em": np.int8, "S": np.int16, "es": np.int8}[name]
-
-
-_NATIVE = {"P": np.int32, "M": np.int16, "em": np.int8, "S": np.uint16, "es": np.int8}
-
-
-def _take_fixed_arrays(optimizer: HetAdam, state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Before torch casts every state tensor to the parameter's float dtype, set
-    the exact fixed-point arrays aside (keyed by the saved parameter id)."""
-    state_dict = dict(state_dict)
-    state = {}
-    fixed = {}
-    for pid, st in state_dict["state"].items():
-        st = dict(st)
-        if FIXED_STATE_KEY in st:
-            fixed[pid] = {k: v.clone() for k, v in st.pop(FIXED_STATE_KEY).items()}
-        state[pid] = st
-    state_dict["state"] = state
-    optimizer._loaded_fixed = fixed
-    optimizer._loaded_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-    return state_dict
-
-
-def _push_state_to_shards(optimizer: HetAdam) -> None:
-    """After torch loaded the per-parameter state, rebuild every shard from it."""
-    fixed_by_id = getattr(optimizer, "_loaded_fixed", {})
-    ids = iter(getattr(optimizer, "_loaded_ids", []))
-    fmt = optimizer.fixed_format
-    fmt_tag = np.array([fmt.block, fmt.g_bits, fmt.m_bits, fmt.s_bits, fmt.p_frac])
-    for group, partition in zip(optimizer.param_groups, optimizer._partitions, strict=True):
-        layout = partition.layout
-        B = layout.block
-        flat: dict[str, np.ndarray] = {
-            "exp_avg": np.zeros(layout.size, np.float32),
-            "exp_avg_sq": np.zeros(layout.size, np.float32),
-        }
-        fixed_flat = {
-            "fixed_P": np.zeros(layout.size, np.int32),
-            "fixed_M": np.zeros(layout.size, np.int16),
-            "fixed_em": np.full(layout.size // B, -128, np.int8),
-            "fixed_S": np.zeros(layout.size, np.uint16),
-            "fixed_es": np.full(layout.size // B, -128, np.int8),
-        }
-        all_fixed = True
-        for p, off, numel in zip(group["params"], layout.offsets, layout.numels, strict=True):
-            pid = next(ids, None)
-            st = optimizer.state.get(p, {})
-            if "step" in st:  # torch keeps the loaded tensor itself: don't share it
-                st["step"] = torch.tensor(float(st["step"]))
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                if key in st:
-                    flat.setdefault(key, np.zeros(layout.size, np.float32))[off : off + numel] = (
-                        st[key].detach().reshape(-1).float().numpy()
-                    )
-            fx = fixed_by_id.get(pid)
-            if fx is not None and np.array_equal(fx["format"].numpy(), fmt_tag):
-                for name in FIXED_ARRAYS:
-                    arr = fx[name].numpy().view(_NATIVE[name])
-                    if name in ("em", "es"):
-                        fixed_flat[f"fixed_{name}"][off // B : off // B + arr.size] = arr
-                    else:
-                        fixed_flat[f"fixed_{name}"][off : off + numel] = arr
-            elif numel:
-                all_fixed = False
-            st.pop(FIXED_STATE_KEY, None)
-        params_flat = _flat_params(group["params"], layout)
-        for shard in partition.shards:
-            sl = slice(shard.start, shard.start + shard.n)
-            bl = slice(shard.start // B, (shard.start + shard.n) // B)
-            shard_state = {k: v[sl] for k, v in flat.items()}
-            if all_fixed and fixed_by_id:
-                for key, arr in fixed_flat.items():
-                    shard_state[key] = arr[bl] if key in ("fixed_em", "fixed_es") else arr[sl]
-                shard_state["fixed_format"] = fmt_tag
-            shard.import_state(shard_state, params_flat[sl])
-    optimizer._loaded_fixed = {}
-
-
-def _flat_params(params: list[torch.Tensor], layout: GroupLayout) -> np.ndarray:
-    flat = np.zeros(layout.size, np.float32)
-    for p, off, numel in zip(params, layout.offsets, layout.numels, strict=True):
-        flat[off : off + numel] = p.detach().reshape(-1).numpy()
-    return flat
-
-
-def _backend_names(backend: str | Sequence[str], numerics: str) -> list[str]:
-    if isinstance(backend, str):
-        if backend == "auto":
-            names = [
-                n
-                for n in backends.NAMES
-                if backends.availability(n).usable and numerics in backends.backend_class(n).numerics
-            ]
-            return names or ["cpu"]
-        return [backend]
-    names = list(backend)
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"backend must name distinct backends, got {names}")
-    return names
-
-
-def _check_hyper(lr: float | torch.Tensor, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    lr_v = _float(lr)
-    if not (lr_v >= 0.0 and math.isfinite(lr_v)):
-        raise ValueError(f"Invalid learning rate: {lr_v} (lr must be a finite number >= 0)")
-    if not (isinstance(eps, (int, float)) and eps > 0.0):
-        raise ValueError(f"Invalid epsilon value: {eps} (eps must be > 0)")
-    if len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas} (betas must be a pair)")
-    for i, b in enumerate(betas):
-        b_v = _float(b)
-        if not 0.0 <= b_v < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b_v} (betas must lie in [0, 1))")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay} (weight_decay must be >= 0)")
-
-
-def _check_param(p: torch.Tensor) -> None:
-    if p.is_complex():
-        raise ValueError("complex parameters are not supported by HetAdam (view them as real with torch.view_as_real)")
-    if p.dtype != torch.float32:
-        raise ValueError(f"HetAdam streams float32 parameters; got a {p.dtype} parameter of shape {tuple(p.shape)}")
-    if p.device.type != "cpu":
-        raise ValueError(f"HetAdam takes CPU parameters; got one on {p.device} (move the model to the CPU)")
-    if not p.is_contiguous():
-        raise ValueError(f"HetAdam needs contiguous parameters; got a strided one of shape {tuple(p.shape)}")
-
-
-def _check_grads(params: list[torch.Tensor], check_finite: bool) -> None:
-    """Every check that can fail, before anything changes."""
-    for p in params:
-        g = p.grad
-        if g is None:
-            continue
-        if g.is_sparse:
-            raise RuntimeError("HetAdam does not support sparse gradients")
-        if g.shape != p.shape:
-            raise ValueError(f"gradient of shape {tuple(g.shape)} does not match its parameter {tuple(p.shape)}")
-        if g.dtype != p.dtype or g.device != p.device:
-            raise ValueError(f"gradient is {g.dtype} on {g.device}; its parameter is {p.dtype} on {p.device}")
-    for p in params:
-        if check_finite and p.grad is not None and not all_finite(p.grad):
-            raise NonFiniteGradientError(
-                f"a gradient of shape {tuple(p.shape)} holds NaN or Inf; the step was not applied "
-                "(unscale or clip gradients first, or skip this step)"
-            )

@@ -189,9 +189,15 @@ def check_distinct(params: Sequence[torch.Tensor], labels: Sequence[str], others
     taken = {id(p) for p in others}
     for p, label in zip(params, labels, strict=True):
         if id(p) in taken:
-            raise ValueError(f"{label} is already in another param group: list each parameter once")
+            raise ValueError(
+                f"some parameters appear in more than one parameter group: {label} is already in another group "
+                "(list each parameter once)"
+            )
         if id(p) in seen:
-            raise ValueError(f"{label} is the same tensor as {seen[id(p)]}: list each parameter once")
+            raise ValueError(
+                f"a parameter group with duplicate parameters: {label} is the same tensor as {seen[id(p)]} "
+                "(list each parameter once: torch.optim would step it twice per step)"
+            )
         seen[id(p)] = label
 
 
