@@ -225,6 +225,8 @@ def test_a_discarded_step_changes_nothing(info: BackendInfo, numerics: str) -> N
     before, params_before = shard.export_state(), [p.clone() for p in model.params]
     shard.transactional = True  # the step is shared with other shards that may fail
     shard.step(model.segments(_grads(model, gen)), _hyper(2, **_options(numerics)))
+    for a, b in zip(model.params, params_before, strict=True):
+        assert torch.equal(a, b), "a transactional step changes no parameter before its commit"
     shard.discard()
     shard.commit()  # nothing pending: a no-op
     for a, b in zip(model.params, params_before, strict=True):
