@@ -123,6 +123,8 @@ class Link:
         """The connection, made and authenticated, with the session resumed (or opened)."""
         if self.ch is not None:
             return self.ch
+        if self.session is None and not new_session:
+            raise SessionLost(f"backend {self.name!r}: the server lost this optimizer's state: {RESTORE}")
         ch = self._open_channel()
         try:
             if self.session is not None:

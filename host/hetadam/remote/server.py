@@ -241,13 +241,13 @@ class Server:
         except Exception:
             log.exception("session with %s failed", peer)
         finally:
-            ch.close()
-            with self._lock:
+            with self._lock:  # detach before closing: a client that sees the close finds the session free
                 if session is not None and session.channel is ch:
                     session.channel = None
                 self._channels.discard(ch)
                 self._threads.discard(threading.current_thread())
                 self._lock.notify_all()
+            ch.close()
 
     def _authenticate(self, ch: P.Channel) -> None:
         idle = self.limits.handshake_timeout
@@ -692,6 +692,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hetadam serve: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
