@@ -27,6 +27,10 @@ def _entry(name: str) -> tuple[str, str]:
 
 
 def backend_class(name: str) -> type[Backend]:
+    if name.startswith("tcp://"):  # a `hetadam serve` elsewhere (docs/remote.md)
+        from ..remote.backend import remote_backend_class
+
+        return remote_backend_class(name)
     module, cls = _entry(name)
     try:
         return getattr(importlib.import_module(module), cls)
@@ -39,7 +43,8 @@ def backend_class(name: str) -> type[Backend]:
 def availability(name: str) -> Availability:
     """Whether backend `name` can run here. Never raises for a registered name:
     a check that fails makes that backend unusable, with the failure as the reason."""
-    _entry(name)
+    if not name.startswith("tcp://"):
+        _entry(name)
     try:
         return backend_class(name).availability()
     except BackendUnavailable as exc:

@@ -691,4 +691,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TokenError, ValueError, OSError) as exc:
         print(f"hetadam serve: {exc}", file=sys.stderr)
         return 2
-
