@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import state_io
 from .backends.base import Backend, BackendError, Segment, Shard, StepHyper
 from .layout import GroupLayout
 from .numerics import FixedFormat
@@ -416,39 +417,6 @@ def needs_rebalance(partition: Partition, weights: Sequence[float], block: int) 
     )
 
 
-def _merged_state(partition: Partition, block: int) -> dict[str, np.ndarray]:
-    """The state of every shard, on the host, as one flat group."""
-    assert partition.layout is not None
-    size = partition.layout.size
-    merged: dict[str, np.ndarray] = {}
-    for shard in partition.shards:
-        for key, arr in shard.export_state().items():
-            if key == "fixed_format":
-                merged[key] = arr
-                continue
-            per_block = key in ("fixed_em", "fixed_es")
-            if key not in merged:
-                merged[key] = np.zeros(-(-size // block) if per_block else size, arr.dtype)
-            lo = shard.start // block if per_block else shard.start
-            merged[key][lo : lo + arr.size] = arr
-    return merged
-
-
-def _load(partition: Partition, merged: dict[str, np.ndarray], params_flat: np.ndarray, block: int) -> None:
-    """Each shard of `partition` takes its elements of the flat state `merged`."""
-    for shard in partition.shards:
-        lo, hi = shard.start, shard.start + shard.n
-        part = {}
-        for key, arr in merged.items():
-            if key == "fixed_format":
-                part[key] = arr
-            elif key in ("fixed_em", "fixed_es"):
-                part[key] = arr[lo // block : -(-hi // block)]
-            else:
-                part[key] = arr[lo:hi]
-        shard.import_state(part, params_flat[lo:hi])
-
-
 def rebalance(
     partition: Partition,
     params_flat: np.ndarray,
@@ -469,7 +437,7 @@ def rebalance(
     assert layout is not None
     names = partition.backend_names
     try:
-        merged = _merged_state(partition, fmt.block)
+        merged = state_io.gather(partition.shards, layout.size, fmt.block)
     except Exception as exc:
         warnings.warn(f"re-balancing the shards failed ({exc}); they keep their sizes", RuntimeWarning, stacklevel=3)
         return partition
@@ -480,7 +448,7 @@ def rebalance(
         new = plan_partition(layout.size, chosen, numerics, fmt, weights)
         new.layout = layout
         try:
-            _load(new, merged, params_flat, fmt.block)
+            state_io.import_group(new.shards, merged, params_flat, fmt.block)
         except BaseException:
             new.close()
             raise
@@ -488,7 +456,7 @@ def rebalance(
         try:
             new = _make_partition(old_sizes, names, backends, numerics, fmt)
             new.layout = layout
-            _load(new, merged, params_flat, fmt.block)
+            state_io.import_group(new.shards, merged, params_flat, fmt.block)
         except Exception as again:
             raise BackendError(
                 f"the step was applied, but re-balancing its shards failed ({exc}) and the old shards could not "
