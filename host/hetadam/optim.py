@@ -14,7 +14,7 @@ Deviations from torch.optim.Adam, by design:
 - parameters must be contiguous float32 CPU tensors (the runtime streams them);
 - a parameter listed twice is refused (torch warns, then steps it twice), and
   so is eps=0;
-- `fixed` refuses parameters outside its range (±128 in the default Q7.24)
+- `fixed` refuses parameters outside its range (±128 in the default Q8.24)
   and hyper-parameters its registers cannot hold at some step, up front;
 - a non-finite gradient raises `NonFiniteGradientError` before anything
   changes (torch would write NaN into the parameters; `check_finite=False`
@@ -174,7 +174,7 @@ class HetAdam(torch.optim.Optimizer):
         group = self.param_groups[index]
         params = group["params"]
         layout = GroupLayout.of(params, self.fixed_format.block)
-        flat = {}
+        flat: dict[str, Any] = {}
         if saved is not None:
             labels = self._labels(index, group)
             fmt = self.fixed_format
