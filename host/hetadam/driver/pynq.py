@@ -130,8 +130,18 @@ class PynqTransport(Transport):
             raise
 
     async def _wait_on_loop(self, timeout: float) -> bool:
+        """Until ISR says the line is raised. A wake is only a hint, as in pynq's
+        own drivers (`while not self.idle: await self._interrupt.wait()` in
+        pynq/lib/dma.py): pynq acknowledges the AXI interrupt controller while the
+        kernel's line is still high, so the controller keeps that interrupt
+        pending and the next wait wakes at once, before its run is done."""
+
+        async def until_raised() -> None:
+            while not self.read32(regmap.ISR):
+                await self.ip.interrupt.wait()
+
         try:
-            await asyncio.wait_for(self.ip.interrupt.wait(), timeout)
+            await asyncio.wait_for(until_raised(), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             return False  # pynq's Interrupt keeps its event registered: the next wait sees a late interrupt
         return True
