@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from backend_table import (
     BY_NAME,
     BackendInfo,
     backend_of,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BY_NAME, backend_of, skip_reason
+from backend_table import BY_NAME, backend_of, skip_reason
 
 from hetadam import HetAdam, regmap
 from hetadam.backends.base import BackendError
