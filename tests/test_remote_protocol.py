@@ -300,6 +300,22 @@ def test_the_server_imports_and_serves_without_torch_or_numba() -> None:
     assert "served without torch and numba" in result.stdout
 
 
+def test_the_serve_and_token_commands_run_without_torch_or_numba(tmp_path: Path) -> None:
+    code = BLOCKER + textwrap.dedent(
+        f"""
+        from hetadam.cli import main
+        assert main(["token", "{tmp_path / "token"}"]) == 0
+        assert main(["serve", "--token-file", "{tmp_path / "missing"}"]) == 2
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "numba")]
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote a new token to {tmp_path / 'token'}" in result.stdout
+    assert "no token file" in result.stderr
+    assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
+
+
 def test_the_pynq_source_imports_without_torch_or_numba() -> None:
     pytest.importorskip("pynq", reason="pynq is not installed: pip install 'hetadam[pynq]'")
     code = BLOCKER + "import hetadam.driver.pynq, hetadam.driver.kernel, hetadam.remote.devices\nprint('ok')"

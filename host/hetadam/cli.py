@@ -1,4 +1,7 @@
-"""The `hetadam` command: info, bench, train."""
+"""The `hetadam` command: info, bench, train, serve, token.
+
+`serve` and `token` import neither torch nor numba (a PYNQ board has neither),
+so the backends are imported only by the commands that use them."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import backends
+from .kernels import BackendUnavailable
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from . import backends
+
     print(f"{'backend':<10} {'numerics':<12} {'usable':<7} why not / how to get it")
     for name in backends.NAMES:
         print(info_row(name))
@@ -20,6 +25,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def info_row(name: str) -> str:
     """One line of `hetadam info`; a backend whose checks fail says so on its own line."""
+    from . import backends
+
     avail = backends.availability(name)
     try:
         numerics = ",".join(backends.backend_class(name).numerics)
@@ -46,6 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def bench_split(args: argparse.Namespace, size: int) -> int:
+    from . import backends
     from .bench import plot_split, run_split_bench
 
     names = args.split.split(",")
@@ -67,7 +75,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_training(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .remote.server import run
+
+    return run(args)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .remote.server import announce_token
+    from .remote.token import default_file, make_token
+
+    return announce_token(make_token(args.file or default_file()))
+
+
 def parser() -> argparse.ArgumentParser:
+    from .remote.server import add_arguments
+
     p = argparse.ArgumentParser(prog="hetadam", description="The Adam optimizer on heterogeneous hardware.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -95,6 +118,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--report", default="", help="write a report with plots into this directory")
     train.add_argument("--json", default="", help="write the results to this JSON file")
     train.set_defaults(func=cmd_train)
+
+    serve = sub.add_parser("serve", help="serve a fixed backend to optimizers on other hosts (docs/remote.md)")
+    add_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="make the token that hetadam serve and its clients share (mode 600)")
+    token.add_argument("file", nargs="?", type=Path, help="where to write it (default: ~/.config/hetadam/token)")
+    token.set_defaults(func=cmd_token)
     return p
 
 
@@ -102,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (backends.BackendUnavailable, ValueError) as exc:
+    except (BackendUnavailable, ValueError) as exc:
         print(f"hetadam: {exc}", file=sys.stderr)
         return 2
 

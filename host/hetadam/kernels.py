@@ -3,8 +3,10 @@
 A `FixedKernel` keeps the `fixed` state of n elements resident and runs the
 golden-model update on it in two phases: `run` (or `stage`) computes a pending
 state beside the committed one, `commit` makes it current, `discard` drops it.
-Every `fixed` backend implements it (backends/base.py re-exports these names);
-`FixedShard` does the host-side conversions around it.
+Every `fixed` backend implements it; `FixedShard` does the host-side
+conversions around it. The backend errors live here too, so that a command
+that needs no torch (`hetadam serve`) can name them; backends/base.py
+re-exports all of these.
 
 This module and everything it imports (numerics, and the driver that builds on
 it) must import without torch and numba: a PYNQ-Z2 (armv7) can install
@@ -24,6 +26,10 @@ import numpy as np
 
 from .numerics import FixedFormat, FixedState, adam_step
 from .numerics.scalars import StepScalars
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here; the message says why and how to get it."""
 
 
 class BackendError(RuntimeError):

@@ -24,16 +24,12 @@ import torch
 
 from ..finite import all_finite
 from ..kernels import BackendError as BackendError
-from ..kernels import FixedKernel
+from ..kernels import BackendUnavailable, FixedKernel
 from ..numerics import FixedFormat, FixedState, adam_step
 from ..numerics.convert import params_from_fixed, params_to_fixed, state_from_float, state_to_float
 from ..numerics.fast import params_differ, params_to_float_into, quantize_grad_into
 from ..numerics.formats import EXP_ZERO
 from ..numerics.scalars import StepScalars, encode_step
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend cannot run here; the message says why and how to get it."""
 
 
 class NonFiniteGradientError(ValueError):

@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import logging
 import queue
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -44,7 +45,7 @@ from ..kernels import FixedKernel
 from ..numerics import FixedFormat, FixedState, StepScalars
 from . import protocol as P
 from .devices import SERVABLE, KernelSource, kernel_source
-from .token import TokenError, default_file, make_token, read_token_file
+from .token import DEFAULT_FILE, default_file, make_token, read_token_file
 
 log = logging.getLogger("hetadam.serve")
 T = TypeVar("T")
@@ -662,32 +663,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`hetadam serve`: serve until interrupted. Returns the exit status."""
-    if args.make_token is not None:
-        path = make_token(args.make_token)
-        print(f"wrote a new token to {path} (mode 600); copy it to the training host's {default_file()}")
-        return 0
-    token = read_token_file(args.token_file or default_file())
-    host, port = parse_listen(args.listen)
-    limits = Limits(max_elements=args.max_elements, frame_timeout=args.frame_timeout)
-    source = kernel_source(args.backend, bitfile=args.bitfile)
-    server = Server(source, token, host, port, limits)
+    """`hetadam serve` (and `python -m hetadam.remote`): serve until stopped
+    (Ctrl-C or SIGTERM); returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.make_token is not None:
+            return announce_token(make_token(args.make_token))
+        token = read_token_file(args.token_file or default_file())
+        host, port = parse_listen(args.listen)
+        limits = Limits(max_elements=args.max_elements, frame_timeout=args.frame_timeout)
+        server = Server(kernel_source(args.backend, bitfile=args.bitfile), token, host, port, limits)
+    except (ValueError, OSError, RuntimeError) as exc:  # a token, an address in use, a device that failed
+        print(f"hetadam serve: {exc}", file=sys.stderr)
+        return 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        log.info("interrupted: stopping")
+        log.info("interrupted")
     finally:
         server.stop()
+        log.info("stopped")
     return 0
+
+
+def announce_token(path: Path) -> int:
+    """`hetadam token` and `serve --make-token`: say where the token is and what to do with it."""
+    print(
+        f"wrote a new token to {path} (mode 600). Serve with it: hetadam serve --token-file {path}; "
+        f"copy it to each training host as {DEFAULT_FILE} (mode 600), or set $HETADAM_TOKEN there"
+    )
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # systemd's stop: leave through serve_forever's clean-up
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hetadam serve", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return run(args)
-    except (TokenError, ValueError, OSError) as exc:
-        print(f"hetadam serve: {exc}", file=sys.stderr)
-        return 2
+    return run(parser.parse_args(argv))
