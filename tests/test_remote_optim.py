@@ -145,6 +145,7 @@ def test_a_split_over_cpu_and_two_servers_is_bit_identical_to_cpu_fixed(caplog: 
         train(remote, opt, range(25))
         assert_same(local, remote)
         assert [s.backend for s in opt.step_stats] == names
+        assert all(s.link_utilisation is None for s in opt.step_stats)  # no link rate given
         opt.close()
 
 
@@ -172,14 +173,16 @@ def test_the_state_moves_exactly_over_the_wire_both_ways(server: Server) -> None
     server_opt.close()
 
 
-def test_a_step_moves_six_bytes_a_parameter(server: Server) -> None:
+def test_a_step_moves_six_bytes_a_parameter_and_reports_the_link_utilisation(server: Server) -> None:
     remote = Model()
-    opt = make(name_of(server.address, chunk=1024), remote)
+    opt = make(name_of(server.address, chunk=1024, link=1e9), remote)
     train(remote, opt, range(1))  # a full step (odd steps stage a partial one)
     (stats,) = opt.step_stats
     n = stats.elements
     assert stats.wire_bytes == 2 * n + -(-n // DEFAULT.block) + 4 * n
     assert 6.0 <= stats.bytes_per_param < 6.04
+    assert stats.link_rate == 1.25e8
+    assert stats.link_utilisation == pytest.approx(stats.wire_bytes / stats.seconds / 1.25e8)
     kernel = opt._partitions[0].shards[0].kernel
     frames = -(-n // 1024)
     assert kernel.last.sent == 2 * n + -(-n // DEFAULT.block) + (frames + 1) * 12 + frames * 8 + 100

@@ -79,10 +79,19 @@ class ShardStats:
     elements: int
     seconds: float = 0.0
     wire_bytes: int = 0
+    link_rate: float | None = None
+    """Bytes per second the shard's link carries, when its backend knows (tcp://...?link=BITS_PER_S)."""
 
     @property
     def bytes_per_param(self) -> float:
         return self.wire_bytes / self.elements if self.elements else 0.0
+
+    @property
+    def link_utilisation(self) -> float | None:
+        """The step's wire bytes over what the link carries in the step's time (None: rate unknown)."""
+        if not self.link_rate or not self.seconds:
+            return None
+        return self.wire_bytes / (self.seconds * self.link_rate)
 
 
 @dataclass
@@ -123,7 +132,7 @@ class Partition:
     def record(self, jobs: list[ShardJob], results: list[JobResult]) -> None:
         """Keep what the jobs of this partition did, for step_stats and re-balancing."""
         self.stats = [
-            ShardStats(job.backend, job.shard.n, r.seconds, job.shard.wire_bytes)
+            ShardStats(job.backend, job.shard.n, r.seconds, job.shard.wire_bytes, job.shard.link_rate)
             for job, r in zip(jobs, results, strict=True)
         ]
         if len(self.shards) > 1:

@@ -87,6 +87,9 @@ class Shard(ABC):
     own arithmetic): such a shard may run in place when no shard of the step can
     fail (runtime.py). A shard that may fail never touches its committed state
     or the parameters before `commit`."""
+    link_rate: float | None = None
+    """Bytes per second of the link between the host and the backend, when known
+    (the `tcp://` backend's `link` option): step_stats' link utilisation."""
 
     def __init__(self, start: int, n: int) -> None:
         self.start = start

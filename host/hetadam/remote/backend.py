@@ -3,9 +3,10 @@
     HetAdam(params, backend="tcp://pynq1:7000", numerics="fixed")
     HetAdam(params, backend=["cpu", "tcp://pynq1:7000", "tcp://pynq2:7000"], numerics="fixed")
 
-The name may carry options as a query: ``tcp://pynq1:7000?timeout=30&chunk=65536``
+The name may carry options as a query: ``tcp://pynq1:7000?timeout=30&chunk=65536&link=1e9``
 (`timeout`: seconds any answer of the server may take, default 60; `chunk`:
-elements per pipelined chunk, a multiple of the block size, default 262144).
+elements per pipelined chunk, a multiple of the block size, default 262144;
+`link`: the link's rate in bits per second, for step_stats' link utilisation).
 The token comes from $HETADAM_TOKEN or a token file (remote/token.py). The
 backend connects and authenticates when it is made, so a wrong address or token
 fails at once; each shard is a `FixedShard` over a `RemoteKernel` (client.py).
@@ -26,6 +27,7 @@ SCHEME = "tcp://"
 _OPTIONS = {
     "timeout": (float, lambda v: v > 0),
     "chunk": (int, lambda v: v > 0),
+    "link": (float, lambda v: v > 0),
 }
 """The options a name may carry: how to read each, and its valid values."""
 
@@ -47,7 +49,7 @@ def parse_name(name: str) -> tuple[str, int, dict[str, float | int]]:
     except ValueError:
         port = None
     if not url.hostname or port is None or url.path not in ("", "/") or url.fragment or url.username:
-        raise ValueError(f"backend {name!r}: write a remote backend as tcp://HOST:PORT[?timeout=S&chunk=N]")
+        raise ValueError(f"backend {name!r}: write a remote backend as tcp://HOST:PORT[?timeout=S&chunk=N&link=BITS]")
     options: ClassVar[dict[str, float | int]] = {}
     for key, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
         if key not in _OPTIONS:
@@ -64,17 +66,27 @@ def parse_name(name: str) -> tuple[str, int, dict[str, float | int]]:
 
 class RemoteBackend(Backend):
     """A `hetadam serve` reached over TCP (see the module docstring). Options:
-    `timeout` (seconds), `chunk` (elements per pipelined chunk), `token` (the
-    token itself; default: $HETADAM_TOKEN or the token file)."""
+    `timeout` (seconds), `chunk` (elements per pipelined chunk), `link` (bits
+    per second), `token` (the token itself; default: $HETADAM_TOKEN or the
+    token file)."""
 
     numerics = ("fixed",)
     host = ""
     port = 0
     options: ClassVar[dict[str, float | int]] = {}
 
-    def __init__(self, *, timeout: float | None = None, chunk: int | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float | None = None,
+        chunk: int | None = None,
+        link: float | None = None,
+        token: str | None = None,
+    ) -> None:
         self.timeout = float(timeout if timeout is not None else self.options.get("timeout", DEFAULT_TIMEOUT))
         self.chunk = int(chunk if chunk is not None else self.options.get("chunk", DEFAULT_CHUNK))
+        bits = link if link is not None else self.options.get("link")
+        self.link_rate = None if bits is None else float(bits) / 8
         secret = token.encode() if token is not None else client_token()
         self.link = Link(self.name, self.host, self.port, secret, timeout=self.timeout)
         self.link.open()
@@ -90,7 +102,9 @@ class RemoteBackend(Backend):
     def create_shard(self, start: int, n: int, numerics: str, fmt: FixedFormat) -> Shard:
         if numerics != "fixed":
             raise ValueError(f"backend {self.name!r} runs numerics='fixed' only, not {numerics!r}")
-        return FixedShard(start, n, RemoteKernel(self.link, n, fmt, chunk=self.chunk), fmt)
+        shard = FixedShard(start, n, RemoteKernel(self.link, n, fmt, chunk=self.chunk), fmt)
+        shard.link_rate = self.link_rate
+        return shard
 
     def close(self) -> None:
         self.link.close()
