@@ -30,6 +30,7 @@ from ..numerics.convert import params_from_fixed, params_to_fixed, state_from_fl
 from ..numerics.fast import params_differ, params_to_float_into, quantize_grad_into
 from ..numerics.formats import EXP_ZERO
 from ..numerics.scalars import StepScalars, encode_step
+from ..state_io import FIXED_KEYS, FORMAT_SHARD_KEY, format_tag
 
 
 class NonFiniteGradientError(ValueError):
@@ -168,9 +169,6 @@ def encode_hyper(hyper: StepHyper, fmt: FixedFormat) -> StepScalars:
     )
 
 
-FIXED_KEYS = ("fixed_P", "fixed_M", "fixed_em", "fixed_S", "fixed_es")
-
-
 class FixedShard(Shard):
     """A shard of `fixed` numerics over any FixedKernel."""
 
@@ -269,20 +267,16 @@ class FixedShard(Shard):
             _take_changed(st.P[off : off + x.size], x, self.fmt)
         self.kernel.upload(st)
 
-    def _format_tag(self) -> np.ndarray:
-        f = self.fmt
-        return np.array([f.block, f.g_bits, f.m_bits, f.s_bits, f.p_frac], np.int64)
-
     def export_state(self) -> dict[str, np.ndarray]:
         st = self.kernel.download()
         _, m, v = state_to_float(st, self.fmt)
         out = {"exp_avg": m.astype(np.float32), "exp_avg_sq": v.astype(np.float32)}
         out.update(zip(FIXED_KEYS, (st.P, st.M, st.em, st.S, st.es), strict=True))
-        out["fixed_format"] = self._format_tag()
+        out[FORMAT_SHARD_KEY] = format_tag(self.fmt)
         return out
 
     def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
-        if all(k in state for k in FIXED_KEYS) and np.array_equal(state.get("fixed_format"), self._format_tag()):
+        if all(k in state for k in FIXED_KEYS) and np.array_equal(state.get(FORMAT_SHARD_KEY), format_tag(self.fmt)):
             st = FixedState(*(np.array(state[k]) for k in FIXED_KEYS))
             _take_changed(st.P, params, self.fmt)
         else:
