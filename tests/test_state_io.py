@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import BackendInfo, params_over_backends
+from backend_table import BackendInfo, params_over_backends
 
 from hetadam import HetAdam
 from hetadam.numerics import DEFAULT, FixedState
