@@ -172,7 +172,9 @@ class IrqKernel(FakeTransport):
 
     def read32(self, offset: int) -> int:
         with self.lock:
-            return super().read32(offset)
+            value = super().read32(offset)
+            self.line(self.irq)  # a clear-on-read ISR lowers it
+            return value
 
     def write32(self, offset: int, value: int) -> None:
         with self.lock:
@@ -372,6 +374,24 @@ def test_interrupt_waits_wake_on_the_loop_pynq_registered_its_reader_on(
     # wakes each next wait at once (3 spurious wakes): the wait checks ISR and waits on.
     assert board.uio.fired == (0 if not finish_after else 7 if board.via == "axi_intc" else 4)
     assert asyncio.get_event_loop() is loop, "a later overlay load registers its readers on the same loop"
+
+
+@pytest.mark.parametrize("in_a_running_loop", [False, True], ids=["on-the-loop", "polling"])
+def test_waits_leave_a_clear_on_read_isr_for_the_driver(
+    board: SimpleNamespace, loop: asyncio.AbstractEventLoop, in_a_running_loop: bool
+) -> None:
+    """Some Vitis HLS releases make ISR clear-on-read: the wait must not read it, or the driver finds it empty."""
+    board.kernel.isr_mode = "cor"
+    board.kernel.finish_after = 0.02
+
+    async def cell() -> None:
+        step_through(driver_pynq.PynqTransport.from_overlay("hetadam.bit"), interrupt=True)
+
+    if in_a_running_loop:
+        loop.run_until_complete(cell())
+    else:
+        step_through(driver_pynq.PynqTransport.from_overlay("hetadam.bit"), interrupt=True)
+    assert len(board.kernel.args_seen) == 4
 
 
 def test_a_wait_leaves_the_threads_event_loop_in_place(board: SimpleNamespace, loop: asyncio.AbstractEventLoop) -> None:

@@ -106,9 +106,8 @@ class PynqTransport(Transport):
         (`get_event_loop().run_until_complete`); a new loop (`asyncio.run`)
         would never see the reader, and would leave no current loop behind.
 
-        When that loop cannot be run here, the wait polls ISR, the register
-        whose bits raise the line (reading it has no side effect: it is
-        toggle-on-write). That is the case inside a running loop: a Jupyter cell
+        When that loop cannot be run here, the wait polls for the run's end
+        (`_done`). That is the case inside a running loop: a Jupyter cell
         runs inside the kernel's loop, which is also where the IP was created,
         and this synchronous call blocks it; a helper thread cannot run the
         reader either, since a loop runs in one thread at a time and its own
@@ -119,7 +118,7 @@ class PynqTransport(Transport):
         """
         loop = self.loop
         if loop is None or loop.is_closed() or loop.is_running() or _in_running_loop():
-            return self._poll_isr(timeout)
+            return self._poll_done(timeout)
         task = loop.create_task(self._wait_on_loop(timeout))
         try:
             return loop.run_until_complete(task)
@@ -130,28 +129,35 @@ class PynqTransport(Transport):
             raise
 
     async def _wait_on_loop(self, timeout: float) -> bool:
-        """Until ISR says the line is raised. A wake is only a hint, as in pynq's
-        own drivers (`while not self.idle: await self._interrupt.wait()` in
-        pynq/lib/dma.py): pynq acknowledges the AXI interrupt controller while the
-        kernel's line is still high, so the controller keeps that interrupt
-        pending and the next wait wakes at once, before its run is done."""
+        """Until the run is done. A wake is only a hint, as in pynq's own drivers
+        (`while not self.idle: await self._interrupt.wait()` in pynq/lib/dma.py):
+        pynq acknowledges the AXI interrupt controller while the kernel's line is
+        still high, so the controller keeps that interrupt pending and the next
+        wait wakes at once, before its run is done."""
 
-        async def until_raised() -> None:
-            while not self.read32(regmap.ISR):
+        async def until_done() -> None:
+            while not self._done():
                 await self.ip.interrupt.wait()
 
         try:
-            await asyncio.wait_for(until_raised(), timeout)
+            await asyncio.wait_for(until_done(), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             return False  # pynq's Interrupt keeps its event registered: the next wait sees a late interrupt
         return True
 
-    def _poll_isr(self, timeout: float) -> bool:
+    def _poll_done(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while not self.read32(regmap.ISR):
+        while not self._done():
             if time.monotonic() > deadline:
                 return False
         return True
+
+    def _done(self) -> bool:
+        """ap_done in the control register, set with ISR's done bit when a run
+        ends. It is read here rather than ISR, which may be clear-on-read (some
+        Vitis HLS releases): the driver reads and acknowledges ISR after the
+        wait, and needs ap_done no more (reading it clears it)."""
+        return bool(self.read32(regmap.CTRL) & regmap.CTRL_AP_DONE)
 
     def close(self) -> None:
         self.overlay = None
