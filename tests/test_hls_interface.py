@@ -80,6 +80,13 @@ def test_axilite_offsets_and_bundle_follow_the_register_map() -> None:
         assert axil[a.name]["bundle"] == regmap.CONTROL_BUNDLE
 
 
+def test_the_block_protocol_is_ap_ctrl_hs_on_the_control_bundle() -> None:
+    """Stated, not left to the flow's default (ap_ctrl_chain in the Vitis kernel flow): the driver
+    speaks ap_ctrl_hs (regmap: CTRL_AP_START ... CTRL_AUTO_RESTART)."""
+    assert interface("ap_ctrl_hs") == {"return": {"port": "return", "bundle": regmap.CONTROL_BUNDLE}}
+    assert not interface("ap_ctrl_chain") and not interface("ap_ctrl_none")
+
+
 def test_preprocessor_expands_the_offset_pragmas() -> None:
     compiler = find_compiler()
     if compiler is None:

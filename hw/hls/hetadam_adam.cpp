@@ -244,8 +244,10 @@ extern "C" void hetadam_adam(uint32_t n, uint32_t idx0, uint32_t seed, uint32_t 
                              uint32_t eps_m, int32_t eps_e, uint32_t alpha_m, uint32_t alpha_sh,
                              uint32_t ratio_max, uint32_t lwd, uint32_t mode, uint32_t *sat_count, int32_t *p,
                              const int16_t *g, uint32_t *ms, uint32_t *ex) {
-  // AXI4-Lite control (ap_ctrl_hs) at the offsets of the register map.
+  // AXI4-Lite control at the offsets of the register map, with the block protocol stated rather than
+  // left to the flow's default (ap_ctrl_chain in the Vitis kernel flow): the driver speaks ap_ctrl_hs.
   HETADAM_PRAGMA(HLS INTERFACE s_axilite port=return bundle=control)
+#pragma HLS INTERFACE ap_ctrl_hs port=return bundle=control
   HETADAM_PRAGMA(HLS INTERFACE s_axilite port=n offset=HETADAM_REG_N bundle=control)
   HETADAM_PRAGMA(HLS INTERFACE s_axilite port=idx0 offset=HETADAM_REG_IDX0 bundle=control)
   HETADAM_PRAGMA(HLS INTERFACE s_axilite port=seed offset=HETADAM_REG_SEED bundle=control)
