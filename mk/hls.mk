@@ -7,7 +7,8 @@
 #   make hls-csim | hls-csynth | hls-cosim | hls-export    one step of the above
 #   make bitstream BOARD=B KERNEL=hls|rtl                  Vivado: build/boards/B/hetadam.bit + .hwh
 #                                 (needs vivado; KERNEL=hls exports the HLS IP first)
-# Boards: the folders of hw/boards/ (pynq-z2, zcu104, kv260).
+# Boards: the folders of hw/boards/ (pynq-z2, zcu104, kv260). HETADAM_PART=<part> and
+# HETADAM_CLOCK_MHZ=<MHz> override the board's part and clock for both flows.
 
 HLS_DIR := hw/hls
 HLS_BUILD := build/hls
@@ -24,7 +25,7 @@ VITIS_HLS ?= vitis_hls
 VITIS_HLS_TCL_FLAG ?= -f
 VIVADO ?= vivado
 BOARD_TCL = hw/boards/$(BOARD)/board.tcl
-BOARD_PART = $(shell sed -n 's/^set part  *//p' $(BOARD_TCL))
+BOARD_PART = $(or $(HETADAM_PART),$(shell sed -n 's/^set part  *//p' $(BOARD_TCL)))
 HLS_IP = $(HLS_BUILD)/$(BOARD_PART)/hetadam_prj/sol/impl/ip/component.xml
 HLS_GOALS := hls hls-csim hls-csynth hls-cosim hls-export
 
@@ -61,8 +62,8 @@ csim: $(HLS_BUILD)/csim $(GOLDEN_DIR)/.stamp
 
 hls: $(GOLDEN_DIR)/.stamp
 	@mkdir -p $(HLS_BUILD)
-	cd $(HLS_BUILD) && HETADAM_STEP=$(STEP) HETADAM_BOARD=$(BOARD) HETADAM_GOLDEN=$(CURDIR)/$(GOLDEN_DIR) \
-		$(VITIS_HLS) $(VITIS_HLS_TCL_FLAG) $(CURDIR)/$(HLS_DIR)/run_hls.tcl
+	cd $(HLS_BUILD) && HETADAM_STEP=$(STEP) HETADAM_BOARD=$(BOARD) HETADAM_PART=$(BOARD_PART) \
+		HETADAM_GOLDEN=$(CURDIR)/$(GOLDEN_DIR) $(VITIS_HLS) $(VITIS_HLS_TCL_FLAG) $(CURDIR)/$(HLS_DIR)/run_hls.tcl
 
 hls-csim hls-csynth hls-cosim hls-export:
 	$(MAKE) hls STEP=$(@:hls-%=%) BOARD=$(BOARD)
@@ -73,5 +74,5 @@ $(HLS_IP): $(HLS_KERNEL_SRC) $(HLS_DIR)/run_hls.tcl $(BOARD_TCL)
 
 bitstream: $(if $(filter hls,$(KERNEL)),$(HLS_IP))
 	@mkdir -p build/boards/$(BOARD)
-	cd build/boards/$(BOARD) && HETADAM_BOARD=$(BOARD) HETADAM_KERNEL=$(KERNEL) \
+	cd build/boards/$(BOARD) && HETADAM_BOARD=$(BOARD) HETADAM_KERNEL=$(KERNEL) HETADAM_PART=$(BOARD_PART) \
 		$(VIVADO) -mode batch -nojournal -log vivado_$(KERNEL).log -source $(CURDIR)/hw/boards/build.tcl

@@ -6,11 +6,13 @@ once, naming the missing tool."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,23 +27,34 @@ BOARDS = {
     "kv260": ("xck26-sfvc784-2LV-c", "psu", 200, 0xA0000000),
 }
 PS_PINS = {
-    "ps7": {"clk": "ps/FCLK_CLK0", "resetn": "ps/FCLK_RESET0_N", "ctrl": "ps/M_AXI_GP0", "data": "ps/S_AXI_HP0",
-            "irq": "ps/IRQ_F2P", "port_clks": ["ps/M_AXI_GP0_ACLK", "ps/S_AXI_HP0_ACLK"]},
-    "psu": {"clk": "ps/pl_clk0", "resetn": "ps/pl_resetn0", "ctrl": "ps/M_AXI_HPM0_FPD", "data": "ps/S_AXI_HP0_FPD",
-            "irq": "ps/pl_ps_irq0", "port_clks": ["ps/maxihpm0_fpd_aclk", "ps/saxihp0_fpd_aclk"]},
+    "ps7": {"clk": "ps/FCLK_CLK0", "resetn": "ps/FCLK_RESET0_N", "ctrl": "ps/M_AXI_GP0", "irq": "ps/IRQ_F2P",
+            "ctrl_clk": "ps/M_AXI_GP0_ACLK", "act_mhz": "CONFIG.PCW_ACT_FPGA0_PERIPHERAL_FREQMHZ"},
+    "psu": {"clk": "ps/pl_clk0", "resetn": "ps/pl_resetn0", "ctrl": "ps/M_AXI_HPM0_FPD", "irq": "ps/pl_ps_irq0",
+            "ctrl_clk": "ps/maxihpm0_fpd_aclk", "act_mhz": "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__ACT_FREQMHZ"},
+}  # fmt: skip
+# The PS's high-performance ports the kernel's masters use, each with its clock and the bundles it carries:
+# PYNQ-Z2 splits them over HP0 and HP2 (two DDR controller ports), as PYNQ's base overlay does.
+DATA_PORTS = {
+    "pynq-z2": [("ps/S_AXI_HP0", "ps/S_AXI_HP0_ACLK", ["gmem_p", "gmem_g"]),
+                ("ps/S_AXI_HP2", "ps/S_AXI_HP2_ACLK", ["gmem_ms", "gmem_ex"])],
+    "zcu104": [("ps/S_AXI_HP0_FPD", "ps/saxihp0_fpd_aclk", ["gmem_p", "gmem_g", "gmem_ms", "gmem_ex"])],
+    "kv260": [("ps/S_AXI_HP0_FPD", "ps/saxihp0_fpd_aclk", ["gmem_p", "gmem_g", "gmem_ms", "gmem_ex"])],
 }  # fmt: skip
 TCLSH = shutil.which("tclsh")
 needs_tclsh = pytest.mark.skipif(TCLSH is None, reason="tclsh not found (apt-get install tcl)")
 SEP = "\x1f"
 
-# Recording stand-ins of the Vitis HLS and Vivado Tcl commands the flows use.
+# Recording stand-ins of the Vitis HLS and Vivado Tcl commands the flows use. What the tools
+# report is steered by the environment: MOCK_SETUP_SLACK / MOCK_HOLD_SLACK (ns) the worst
+# paths' slack (empty: no constrained path), MOCK_ACT_MHZ the PL clock the PS gives (default:
+# the one asked for), MOCK_UNKNOWN_OPTION a config_interface option this Vitis HLS lacks.
 MOCKS = r"""
 set ::calls {}
 proc record {args} { lappend ::calls $args; return "" }
 foreach cmd {
     open_project set_top add_files open_solution set_part create_clock config_export
     csim_design csynth_design cosim_design export_design
-    create_project set_property update_ip_catalog create_bd_design apply_bd_automation
+    create_project update_ip_catalog create_bd_design apply_bd_automation
     connect_bd_net connect_bd_intf_net assign_bd_address validate_bd_design save_bd_design
     generate_target update_compile_order launch_runs wait_on_run open_run
     report_utilization report_timing_summary close_project
@@ -68,13 +81,40 @@ proc make_wrapper {args} { return /nowhere/hetadam_bd_wrapper.v }
 proc current_project {} { return project }
 proc current_fileset {} { return sources_1 }
 proc get_runs {name} { return $name }
-proc get_timing_paths {args} { return path }
+proc config_interface {args} {
+    record config_interface {*}$args
+    set unknown $::env(MOCK_UNKNOWN_OPTION)
+    if {$unknown ne "" && [lsearch -glob $args "$unknown*"] >= 0} {
+        error "ERROR: \[HLS 200-1485\] Unknown option '$unknown' for command 'config_interface'"
+    }
+}
+proc set_property {args} {
+    record set_property {*}$args
+    if {[lindex $args 0] eq "-dict"} {
+        foreach {key value} [lindex $args 1] { set ::props([lindex $args 2],$key) $value }
+    }
+    return ""
+}
+proc get_bd_cells {name} { return $name }
+proc get_timing_paths {args} {
+    set kind [expr {[lsearch $args min] >= 0 || [lsearch $args -hold] >= 0 ? "hold" : "setup"}]
+    if {$::env(MOCK_[string toupper $kind]_SLACK) eq ""} { return "" }
+    return ${kind}_path
+}
 proc get_property {name args} {
-    switch -- $name {
+    set obj [lindex $args end]
+    switch -glob -- $name {
         PROGRESS { return 100% }
         STATUS { return "write_bitstream Complete!" }
         DIRECTORY { return $::env(MOCK_RUN_DIR) }
-        SLACK { return 0.25 }
+        SLACK { return $::env(MOCK_[string toupper [lindex [split $obj _] 0]]_SLACK) }
+        STARTPOINT_PIN { return "hetadam/inst/${obj}_from_reg/C" }
+        ENDPOINT_PIN { return "hetadam/inst/${obj}_to_reg/D" }
+        CONFIG.*_ACT_*FREQMHZ {
+            if {$::env(MOCK_ACT_MHZ) ne ""} { return $::env(MOCK_ACT_MHZ) }
+            set asked [string map {PCW_ACT_ PCW_ __ACT_FREQMHZ __FREQMHZ} $name]
+            return [format %.6f $::props($obj,$asked)]
+        }
     }
     error "get_property $name: not mocked"
 }
@@ -101,16 +141,34 @@ __exit 0
 """
 
 
+@dataclass
+class TclRun:
+    calls: list[list[str]]
+    """The recorded vendor commands, each as [name, *args]."""
+    error: str
+    """The error the script stopped with; empty when none."""
+    output: str
+    """What the script printed (warnings, the closing summary)."""
+
+
 def run_tcl(tmp_path: Path, script: Path, env: dict[str, str]) -> tuple[list[list[str]], str]:
     """Source `script` under the mocks; returns the recorded calls and the error (empty when none)."""
+    run = run_tcl_full(tmp_path, script, env)
+    return run.calls, run.error
+
+
+def run_tcl_full(tmp_path: Path, script: Path, env: dict[str, str]) -> TclRun:
     driver = tmp_path / "mock_driver.tcl"
     driver.write_text(MOCKS)
-    full_env = {**os.environ, "MOCK_BOARD_PARTS": "", "MOCK_RUN_DIR": str(tmp_path / "run"), **env}
+    mocked = {"MOCK_SETUP_SLACK": "0.250", "MOCK_HOLD_SLACK": "0.031", "MOCK_ACT_MHZ": "", "MOCK_UNKNOWN_OPTION": ""}
+    outside = {k: v for k, v in os.environ.items() if not k.startswith("HETADAM_")}  # only what the test sets
+    full_env = {**outside, "MOCK_BOARD_PARTS": "", "MOCK_RUN_DIR": str(tmp_path / "run"), **mocked, **env}
     done = subprocess.run([TCLSH, driver, script], capture_output=True, text=True, env=full_env, cwd=tmp_path)
     calls = [line.split(SEP)[1:] for line in done.stdout.splitlines() if line.startswith("CALL" + SEP)]
     errors = [line.split(SEP, 1)[1] for line in done.stdout.splitlines() if line.startswith("ERROR" + SEP)]
     assert (done.returncode != 0) == bool(errors), done.stdout + done.stderr
-    return calls, "".join(errors)
+    printed = [line for line in done.stdout.splitlines() if not line.startswith(("CALL" + SEP, "ERROR" + SEP))]
+    return TclRun(calls, "".join(errors), "\n".join(printed))
 
 
 @pytest.fixture
@@ -194,7 +252,8 @@ def test_hls_flow_runs_every_step_for_the_board(tree: Path, board: str) -> None:
     assert not error
     assert [c[0] for c in calls] == [
         "open_project", "set_top", "add_files", "add_files", "open_solution", "set_part", "create_clock",
-        "config_export", "csim_design", "csynth_design", "cosim_design", "export_design", "exit",
+        "config_interface", "config_interface", "config_export", "csim_design", "csynth_design", "cosim_design",
+        "export_design", "exit",
     ]  # fmt: skip
     assert find(calls, "set_top") == [[regmap.KERNEL_NAME]]
     assert find(calls, "set_part") == [[part]]
@@ -231,6 +290,28 @@ def test_hls_flow_runs_one_step(tree: Path, step: str, expected: list[str]) -> N
 
 
 @needs_tclsh
+def test_hls_flow_pins_the_interface_settings_the_driver_depends_on(tree: Path) -> None:
+    """64-bit m_axi addresses (the register map gives each pointer two words; UG1399 2023.1 documents
+    32 bits as the Vivado IP flow's default) and the ISR mode the RTL kernel has."""
+    calls, error = run_tcl(tree.parent, tree / "hw" / "hls" / "run_hls.tcl", {"HETADAM_STEP": "csynth"})
+    assert not error
+    assert find(calls, "config_interface") == [["-m_axi_addr64=true"], ["-s_axilite_interrupt_mode", regmap.ISR_MODE]]
+    names = [c[0] for c in calls]
+    assert names.index("set_part") < names.index("config_interface") < names.index("csynth_design")
+
+
+@needs_tclsh
+def test_hls_flow_on_a_release_without_the_isr_mode_option_warns_and_goes_on(tree: Path) -> None:
+    env = {"HETADAM_STEP": "csynth", "MOCK_UNKNOWN_OPTION": "-s_axilite_interrupt_mode"}
+    run = run_tcl_full(tree.parent, tree / "hw" / "hls" / "run_hls.tcl", env)
+    assert not run.error
+    assert [c[0] for c in run.calls].count("csynth_design") == 1
+    warning = next(line for line in run.output.splitlines() if line.startswith("WARNING"))
+    assert "-s_axilite_interrupt_mode" in warning and "Unknown option" in warning
+    assert "toggle-on-write or clear-on-read" in warning and "the driver acknowledges either" in warning
+
+
+@needs_tclsh
 def test_hls_flow_errors(tree: Path) -> None:
     script = tree / "hw" / "hls" / "run_hls.tcl"
     _, error = run_tcl(tree.parent, script, {"HETADAM_STEP": "csim"})
@@ -250,8 +331,9 @@ def test_hls_flow_errors(tree: Path) -> None:
 # -- Vivado: build.tcl ---------------------------------------------------------------------
 
 
-def prepare_board_run(tree: Path, board: str, kernel: str) -> None:
-    part = BOARDS[board][0]
+def prepare_board_run(tree: Path, board: str, kernel: str, part: str | None = None) -> None:
+    """What the tools would leave: the run's .bit and .hwh, and the HLS IP for `part` (default: the board's)."""
+    part = part or BOARDS[board][0]
     run_dir = tree.parent / "run"
     run_dir.mkdir(exist_ok=True)
     (run_dir / "hetadam_bd_wrapper.bit").write_text("bit")
@@ -289,19 +371,24 @@ def test_board_flow_builds_the_block_design(tree: Path, board: str, kernel: str)
     ps_ip = "processing_system7" if kind == "ps7" else "zynq_ultra_ps_e"
     assert cells["ps"] == f"xilinx.com:ip:{ps_ip}:1.10", "the newest version in the catalog"
     intf = {tuple(c) for c in find(calls, "connect_bd_intf_net")}
+    ports = DATA_PORTS[board]
+    assert sorted(b for *_, group in ports for b in group) == sorted(bundles), "every master on one port"
     expected = {
         (pins["ctrl"], "ctrl_sc/S00_AXI"),
         ("ctrl_sc/M00_AXI", f"hetadam/s_axi_{regmap.CONTROL_BUNDLE}"),
         ("ctrl_sc/M01_AXI", "intc/s_axi"),
-        ("data_sc/M00_AXI", pins["data"]),
-    } | {(f"hetadam/m_axi_{b}", f"data_sc/S{i:02d}_AXI") for i, b in enumerate(bundles)}
+    }
+    for k, (port, _, group) in enumerate(ports):
+        expected.add((f"data_sc{k}/M00_AXI", port))
+        expected |= {(f"hetadam/m_axi_{b}", f"data_sc{k}/S{i:02d}_AXI") for i, b in enumerate(group)}
     assert intf == expected
     nets = [set(c) for c in find(calls, "connect_bd_net")]
-    clocked = {"hetadam/ap_clk", "intc/s_axi_aclk", "rst/slowest_sync_clk", "ctrl_sc/aclk", "data_sc/aclk"}
-    assert {pins["clk"], *pins["port_clks"], *clocked} in nets
+    clocked = {"hetadam/ap_clk", "intc/s_axi_aclk", "rst/slowest_sync_clk", "ctrl_sc/aclk"}
+    port_clocks = {clk for _, clk, _ in ports} | {f"data_sc{k}/aclk" for k in range(len(ports))}
+    assert {pins["clk"], pins["ctrl_clk"], *port_clocks, *clocked} in nets
     assert {pins["resetn"], "rst/ext_reset_in"} in nets
-    reset = {"rst/peripheral_aresetn", "hetadam/ap_rst_n", "intc/s_axi_aresetn", "ctrl_sc/aresetn", "data_sc/aresetn"}
-    assert reset in nets
+    reset = {"rst/peripheral_aresetn", "hetadam/ap_rst_n", "intc/s_axi_aresetn", "ctrl_sc/aresetn"}
+    assert reset | {f"data_sc{k}/aresetn" for k in range(len(ports))} in nets
     assert {"hetadam/interrupt", "intc/intr"} in nets
     assert {"intc/irq", pins["irq"]} in nets
     props = find(calls, "set_property")
@@ -310,13 +397,31 @@ def test_board_flow_builds_the_block_design(tree: Path, board: str, kernel: str)
     assert ["range", "64K", "ps/Data/SEG_hetadam_Reg"] in props
     assert ["offset", f"0x{base + 0x10000:08X}", "ps/Data/SEG_intc_Reg"] in props
     assert ["range", "64K", "ps/Data/SEG_intc_Reg"] in props
-    assert ["-dict", f"CONFIG.NUM_SI {len(bundles)} CONFIG.NUM_MI 1", "data_sc"] in props
+    for k, (_, _, group) in enumerate(ports):
+        assert ["-dict", f"CONFIG.NUM_SI {len(group)} CONFIG.NUM_MI 1", f"data_sc{k}"] in props
+    ps_config = " ".join(p[1] for p in props if p[0] == "-dict" and p[2] == "ps")
     clock_key = "CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ" if kind == "ps7" else "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ"
-    assert any(p[0] == "-dict" and re.search(rf"{clock_key} {mhz}\b", p[1]) for p in props)
+    assert re.search(rf"{clock_key} {mhz}\b", ps_config)
+    for port, _, _ in ports:
+        if kind == "ps7":  # S_AXI_HP<n>, 64 bits
+            hp = port[-1]
+            assert f"CONFIG.PCW_USE_S_AXI_HP{hp} 1" in ps_config
+            assert f"CONFIG.PCW_S_AXI_HP{hp}_DATA_WIDTH 64" in ps_config
+        else:  # S_AXI_HP<n>_FPD is S_AXI_GP<n + 2>, 128 bits
+            gp = int(port[-5]) + 2
+            assert f"CONFIG.PSU__USE__S_AXI_GP{gp} 1" in ps_config
+            assert f"CONFIG.PSU__SAXIGP{gp}__DATA_WIDTH 128" in ps_config
+    enabled = re.findall(r"CONFIG.PCW_USE_S_AXI_HP(\d) 1|CONFIG.PSU__USE__S_AXI_GP([2-5]) 1", ps_config)
+    assert len(enabled) == len(ports), "no high-performance port the design leaves unconnected"
     assert ["-to_step", "write_bitstream"] == find(calls, "launch_runs")[0][1:3]
     out = tree / "build" / "boards" / board
     assert (out / "hetadam.bit").read_text() == "bit"
     assert (out / "hetadam.hwh").read_text() == "hwh"
+    report = json.loads((out / "reports" / f"build_{kernel}.json").read_text())
+    assert report == {
+        "board": board, "kernel": kernel, "part": part, "clock_mhz_requested": mhz, "clock_mhz_actual": mhz,
+        "wns_ns": 0.25, "whs_ns": 0.031, "timing_met": True,
+    }  # fmt: skip
     if kernel == "rtl":
         added = [c for c in find(calls, "add_files") if c[0] == "-norecurse" and "sv" in c[1]]
         assert [Path(f).name for f in added[0][1].split()] == ["adam_pkg.sv", "hetadam_adam.sv"]
@@ -340,6 +445,98 @@ def test_board_flow_uses_board_files_when_installed(tree: Path) -> None:
     assert ["board_connections", connection, "project"] in props
     rules = [option(c, "-rule") for c in find(calls, "apply_bd_automation")]
     assert rules == ["xilinx.com:bd_rule:zynq_ultra_ps_e"], "the board preset"
+
+
+BUILD_TCL = ("hw", "boards", "build.tcl")
+
+
+@needs_tclsh
+@pytest.mark.parametrize(
+    ("slacks", "check", "slack", "path"),
+    [({"MOCK_SETUP_SLACK": "-0.412"}, "setup", "-0.412", "setup_path"),
+     ({"MOCK_HOLD_SLACK": "-0.007"}, "hold", "-0.007", "hold_path"),
+     ({"MOCK_SETUP_SLACK": "-1.5", "MOCK_HOLD_SLACK": "-0.2"}, "setup", "-1.500", "setup_path")],
+    ids=["setup", "hold", "both"],
+)  # fmt: skip
+def test_a_bitstream_that_misses_timing_is_not_shipped(
+    tree: Path, slacks: dict[str, str], check: str, slack: str, path: str
+) -> None:
+    prepare_board_run(tree, "zcu104", "rtl")
+    out = tree / "build" / "boards" / "zcu104"
+    (out / "hetadam.bit").write_text("an earlier build's")
+    env = {"HETADAM_BOARD": "zcu104", "HETADAM_KERNEL": "rtl", **slacks}
+    _, error = run_tcl(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert f"timing not met at 200.000 MHz: worst {check} slack {slack} ns" in error
+    assert f"from hetadam/inst/{path}_from_reg/C to hetadam/inst/{path}_to_reg/D" in error
+    assert "timing_rtl.rpt" in error and "HETADAM_CLOCK_MHZ" in error, "where to look, what to do"
+    assert not (out / "hetadam.bit").exists() and not (out / "hetadam.hwh").exists(), "nothing left to deploy"
+    report = json.loads((out / "reports" / "build_rtl.json").read_text())
+    assert report["timing_met"] is False
+    assert report["wns_ns"] == float(slacks.get("MOCK_SETUP_SLACK", "0.250"))
+    assert report["whs_ns"] == float(slacks.get("MOCK_HOLD_SLACK", "0.031"))
+
+
+@needs_tclsh
+@pytest.mark.parametrize("slack", ["", "inf"], ids=["no-path", "unconstrained"])
+def test_a_design_without_timed_paths_is_not_shipped(tree: Path, slack: str) -> None:
+    prepare_board_run(tree, "pynq-z2", "hls")
+    env = {"HETADAM_BOARD": "pynq-z2", "MOCK_SETUP_SLACK": slack}
+    _, error = run_tcl(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert f"no timed setup path in the routed design (slack '{slack}')" in error
+    assert not (tree / "build" / "boards" / "pynq-z2" / "hetadam.bit").exists()
+
+
+@needs_tclsh
+def test_the_pl_clock_the_ps_gives_is_recorded_and_a_shortfall_named(tree: Path) -> None:
+    """ZCU104's PL PLL may give 187.5 MHz for a 200 MHz request: timing is met at what it gives,
+    and the build says so rather than reporting the request."""
+    prepare_board_run(tree, "zcu104", "hls")
+    env = {"HETADAM_BOARD": "zcu104", "MOCK_ACT_MHZ": "187.498123"}
+    run = run_tcl_full(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert not run.error
+    report = json.loads((tree / "build" / "boards" / "zcu104" / "reports" / "build_hls.json").read_text())
+    assert report["clock_mhz_requested"] == 200 and report["clock_mhz_actual"] == 187.498
+    assert "WARNING: the PS gives the fabric 187.498 MHz, not the 200 MHz asked for" in run.output
+    assert "(hls kernel, zcu104, 187.498 MHz" in run.output
+
+
+@needs_tclsh
+def test_the_pl_clock_asked_for_and_given_raises_no_warning(tree: Path) -> None:
+    prepare_board_run(tree, "pynq-z2", "hls")
+    env = {"HETADAM_BOARD": "pynq-z2", "MOCK_ACT_MHZ": "100.000000"}
+    run = run_tcl_full(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert not run.error and "WARNING: the PS gives" not in run.output
+    assert "(hls kernel, pynq-z2, 100.000 MHz" in run.output
+
+
+@needs_tclsh
+def test_board_flow_honours_hetadam_part_and_clock(tree: Path) -> None:
+    """As run_hls.tcl does: the part (its HLS IP under build/hls/<part>) and the clock; the board
+    files, which fix the board's own part, are then left out."""
+    prepare_board_run(tree, "pynq-z2", "hls", part="xc7z010clg400-1")
+    env = {
+        "HETADAM_BOARD": "pynq-z2",
+        "HETADAM_PART": "xc7z010clg400-1",
+        "HETADAM_CLOCK_MHZ": "50",
+        "MOCK_BOARD_PARTS": "tul.com.tw:pynq-z2:part0:1.0",
+    }
+    run = run_tcl_full(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert not run.error
+    assert option(find(run.calls, "create_project")[-1], "-part") == "xc7z010clg400-1"
+    assert not [c for c in find(run.calls, "set_property") if c[0] == "board_part"]
+    assert "HETADAM_PART=xc7z010clg400-1 is not the board's part xc7z020clg400-1" in run.output
+    ps_config = " ".join(c[1] for c in find(run.calls, "set_property") if c[0] == "-dict" and c[2] == "ps")
+    assert "CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ 50 " in ps_config + " "
+    report = json.loads((tree / "build" / "boards" / "pynq-z2" / "reports" / "build_hls.json").read_text())
+    assert report["part"] == "xc7z010clg400-1" and report["clock_mhz_requested"] == 50
+
+
+@needs_tclsh
+def test_board_flow_wants_the_hls_ip_of_the_part_it_builds_for(tree: Path) -> None:
+    prepare_board_run(tree, "pynq-z2", "hls")  # the IP of the board's part only
+    env = {"HETADAM_BOARD": "pynq-z2", "HETADAM_PART": "xc7z010clg400-1"}
+    _, error = run_tcl(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert "no HLS IP for xc7z010clg400-1" in error
 
 
 @needs_tclsh
@@ -395,3 +592,16 @@ def test_make_bitstream_runs_vivado_on_the_board_flow() -> None:
     assert done.returncode == 0, done.stderr
     assert "HETADAM_BOARD=kv260 HETADAM_KERNEL=rtl" in done.stdout
     assert re.search(r"true -mode batch .*-source \S*hw/boards/build\.tcl", done.stdout)
+
+
+@needs_make
+def test_make_hands_hetadam_part_to_both_flows() -> None:
+    """The HLS IP is exported for, looked for under and instantiated for the same part."""
+    part = "xc7z010clg400-1"
+    args = ["-n", "bitstream", "BOARD=pynq-z2", "KERNEL=hls", "VIVADO=true", "VITIS_HLS=true", f"HETADAM_PART={part}"]
+    done, _ = run_make(*args)
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"HETADAM_STEP=export HETADAM_BOARD=pynq-z2 HETADAM_PART={part}\s", done.stdout)
+    assert re.search(rf"HETADAM_KERNEL=hls HETADAM_PART={part}\s", done.stdout)
+    done, _ = run_make("-n", "bitstream", "BOARD=kv260", "KERNEL=rtl", "VIVADO=true")
+    assert re.search(r"HETADAM_KERNEL=rtl HETADAM_PART=xck26-sfvc784-2LV-c\s", done.stdout), "the board's by default"

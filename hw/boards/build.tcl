@@ -1,6 +1,8 @@
 # Vivado flow of a PYNQ overlay: block design (Zynq PS + the hetadam_adam kernel),
-# synthesis, implementation, bitstream; the .bit and the .hwh PYNQ loads are
-# copied to build/boards/<board>/hetadam.bit and hetadam.hwh.
+# synthesis, implementation, a timing gate, bitstream; the .bit and the .hwh PYNQ
+# loads are copied to build/boards/<board>/hetadam.bit and hetadam.hwh, and
+# reports/build_<kernel>.json records the part, the clock asked for and the
+# clock the PS gives, and the worst setup and hold slack.
 #
 # Run by mk/hls.mk (`make bitstream BOARD=pynq-z2 KERNEL=hls`), or directly:
 #   HETADAM_BOARD=pynq-z2 HETADAM_KERNEL=rtl vivado -mode batch -source hw/boards/build.tcl
@@ -10,14 +12,19 @@
 #   HETADAM_KERNEL  hls: the IP exported by hw/hls/run_hls.tcl for the board's part
 #                   rtl: the RTL of hw/rtl/ (sources.f), packaged here as an IP
 #   HETADAM_JOBS    parallel synthesis/implementation jobs (default 4)
+#   HETADAM_PART    overrides the board's part (as in hw/hls/run_hls.tcl; the
+#                   board files, which fix the board's own part, are then not used)
+#   HETADAM_CLOCK_MHZ  overrides the board's fabric clock (the HLS IP should be
+#                   synthesised for the same clock)
 #
 # The design: the PS's general-purpose master drives the kernel's AXI4-Lite
 # control through a SmartConnect, at the board's ctrl_base; the kernel's four
-# AXI4 masters reach DDR through a second SmartConnect and the PS's
-# high-performance port HP0; the kernel's interrupt reaches the PS through an
-# AXI interrupt controller at ctrl_base + 64 KiB (PYNQ serves interrupts only
+# AXI4 masters reach DDR through the PS's high-performance ports listed in the
+# board's hp_ports, split over them in order (p, g | ms, ex over two ports), one
+# SmartConnect a port; the kernel's interrupt reaches the PS through an AXI
+# interrupt controller at ctrl_base + 64 KiB (PYNQ serves interrupts only
 # through an axi_intc); one fabric clock (the board's clock_mhz) and one reset
-# drive everything.
+# drive everything. A bitstream with negative setup or hold slack is not shipped.
 
 set boards_dir [file dirname [file normalize [info script]]]
 set root [file dirname [file dirname $boards_dir]]
@@ -44,10 +51,15 @@ if {![file exists $board_tcl]} {
 source $board_tcl
 source [file join $boards_dir ps.tcl]
 source [file join $boards_dir package_rtl.tcl]
+set board_own_part $part
+set part [env_or HETADAM_PART $part]
+set clock_mhz [env_or HETADAM_CLOCK_MHZ $clock_mhz]
 
 set out [file join $root build boards $board]
 set work [file join $out $kernel]
 file mkdir $out
+# This build replaces the overlay: a failed one must not leave an earlier .bit to be deployed.
+file delete -force [file join $out hetadam.bit] [file join $out hetadam.hwh]
 
 # The kernel IP.
 switch -- $kernel {
@@ -68,9 +80,14 @@ switch -- $kernel {
     }
 }
 
-# The project, on the board's board part when its board files are installed.
+# The project, on the board's board part when its board files are installed (and the part is the board's).
 create_project -force hetadam $work -part $part
-set board_part [lindex [get_board_parts -quiet -latest_file_version $board_part_pattern] 0]
+set board_part ""
+if {$part eq $board_own_part} {
+    set board_part [lindex [get_board_parts -quiet -latest_file_version $board_part_pattern] 0]
+} else {
+    puts "WARNING: HETADAM_PART=$part is not the board's part $board_own_part: the board files are not used"
+}
 if {$board_part ne ""} {
     set_property board_part $board_part [current_project]
     if {[info exists carrier_part_pattern]} {
@@ -81,45 +98,69 @@ if {$board_part ne ""} {
                 [current_project]
         }
     }
-} else {
+} elseif {$part eq $board_own_part} {
     puts "WARNING: no board files match $board_part_pattern; the PS keeps Vivado's defaults for DDR and MIO\
           (PYNQ's boot image configures them on the board)"
 }
 set_property ip_repo_paths [list $ip_repo] [current_project]
 update_ip_catalog
 
+# `items` cut into `n` runs in order, as even as can be: {a b c d} 2 -> {{a b} {c d}}.
+proc hetadam_split {items n} {
+    set groups {}
+    set from 0
+    for {set k 0} {$k < $n} {incr k} {
+        set to [expr {($k + 1) * [llength $items] / $n}]
+        lappend groups [lrange $items $from [expr {$to - 1}]]
+        set from $to
+    }
+    return $groups
+}
+
 # The block design.
 set bd hetadam_bd
 create_bd_design $bd
-set pins [hetadam_create_ps $ps_kind $clock_mhz [expr {$board_part ne ""}]]
+set pins [hetadam_create_ps $ps_kind $clock_mhz [expr {$board_part ne ""}] $hp_ports]
 create_bd_cell -type ip -vlnv $kernel_vlnv hetadam
 create_bd_cell -type ip -vlnv [hetadam_ip_vlnv proc_sys_reset] rst
 set ctrl_sc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] ctrl_sc]
 set_property -dict [list CONFIG.NUM_SI 1 CONFIG.NUM_MI 2] $ctrl_sc
 set intc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv axi_intc] intc]
 set_property -dict [list CONFIG.C_IRQ_CONNECTION 1] $intc
-set data_sc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] data_sc]
-set_property -dict [list CONFIG.NUM_SI [llength $hetadam_bundles] CONFIG.NUM_MI 1] $data_sc
 
 connect_bd_intf_net [get_bd_intf_pins [dict get $pins ctrl]] [get_bd_intf_pins ctrl_sc/S00_AXI]
 connect_bd_intf_net [get_bd_intf_pins ctrl_sc/M00_AXI] [get_bd_intf_pins hetadam/$hetadam_control]
 connect_bd_intf_net [get_bd_intf_pins ctrl_sc/M01_AXI] [get_bd_intf_pins intc/s_axi]
-set si 0
-foreach bundle $hetadam_bundles {
-    connect_bd_intf_net [get_bd_intf_pins hetadam/m_axi_$bundle] [get_bd_intf_pins [format data_sc/S%02d_AXI $si]]
-    incr si
+# One SmartConnect a high-performance port, each taking its run of the masters.
+set data_ports [dict get $pins data]
+set data_scs {}
+foreach port $data_ports group [hetadam_split $hetadam_bundles [llength $data_ports]] {
+    set sc data_sc[llength $data_scs]
+    create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] $sc
+    set_property -dict [list CONFIG.NUM_SI [llength $group] CONFIG.NUM_MI 1] $sc
+    set si 0
+    foreach bundle $group {
+        connect_bd_intf_net [get_bd_intf_pins hetadam/m_axi_$bundle] [get_bd_intf_pins [format $sc/S%02d_AXI $si]]
+        incr si
+    }
+    connect_bd_intf_net [get_bd_intf_pins $sc/M00_AXI] [get_bd_intf_pins $port]
+    lappend data_scs $sc
 }
-connect_bd_intf_net [get_bd_intf_pins data_sc/M00_AXI] [get_bd_intf_pins [dict get $pins data]]
 
 set clocked [get_bd_pins [dict get $pins clk]]
-foreach pin [list hetadam/ap_clk intc/s_axi_aclk rst/slowest_sync_clk ctrl_sc/aclk data_sc/aclk \
-                 {*}[dict get $pins port_clks]] {
+foreach pin [list hetadam/ap_clk intc/s_axi_aclk rst/slowest_sync_clk ctrl_sc/aclk [dict get $pins ctrl_clk] \
+                 {*}[dict get $pins data_clks]] {
     lappend clocked [get_bd_pins $pin]
+}
+set resets [list [get_bd_pins rst/peripheral_aresetn] [get_bd_pins hetadam/ap_rst_n] \
+                [get_bd_pins intc/s_axi_aresetn] [get_bd_pins ctrl_sc/aresetn]]
+foreach sc $data_scs {
+    lappend clocked [get_bd_pins $sc/aclk]
+    lappend resets [get_bd_pins $sc/aresetn]
 }
 connect_bd_net {*}$clocked
 connect_bd_net [get_bd_pins [dict get $pins resetn]] [get_bd_pins rst/ext_reset_in]
-connect_bd_net [get_bd_pins rst/peripheral_aresetn] [get_bd_pins hetadam/ap_rst_n] \
-    [get_bd_pins intc/s_axi_aresetn] [get_bd_pins ctrl_sc/aresetn] [get_bd_pins data_sc/aresetn]
+connect_bd_net {*}$resets
 connect_bd_net [get_bd_pins hetadam/interrupt] [get_bd_pins intc/intr]
 connect_bd_net [get_bd_pins intc/irq] [get_bd_pins [dict get $pins irq]]
 
@@ -139,6 +180,12 @@ hetadam_place intc [format 0x%08X [expr {$ctrl_base + 0x10000}]]
 
 validate_bd_design
 save_bd_design
+# The fabric clock the PS's PLL gives for the one asked for (ZCU104: 187.5 MHz may come for 200).
+set clock_actual [format %.3f [get_property [dict get $pins act_mhz] [get_bd_cells ps]]]
+if {abs($clock_actual - $clock_mhz) > 0.001 * $clock_mhz} {
+    puts "WARNING: the PS gives the fabric $clock_actual MHz, not the $clock_mhz MHz asked for\
+          (its PLL's nearest): timing is checked, and the kernel runs, at $clock_actual MHz"
+}
 set bd_file [get_files $bd.bd]
 generate_target all $bd_file
 add_files -norecurse [make_wrapper -files $bd_file -top]
@@ -154,11 +201,46 @@ if {[get_property PROGRESS [get_runs impl_1]] ne "100%"} {
 open_run impl_1
 set reports [file join $out reports]
 file mkdir $reports
+set timing_rpt [file join $reports timing_$kernel.rpt]
 report_utilization -file [file join $reports utilization_$kernel.rpt]
-report_timing_summary -file [file join $reports timing_$kernel.rpt]
-set wns [get_property SLACK [get_timing_paths -max_paths 1 -setup]]
-if {$wns ne "" && $wns < 0} {
-    puts "CRITICAL WARNING: timing not met at $clock_mhz MHz (WNS $wns ns); see [file join $reports timing_$kernel.rpt]"
+report_timing_summary -file $timing_rpt
+
+# The timing gate: the worst setup (WNS) and hold (WHS) path, recorded, and no bitstream when either misses.
+set failures {}
+foreach {check delay_type} {setup max hold min} {
+    set path [get_timing_paths -quiet -delay_type $delay_type -max_paths 1 -nworst 1]
+    set raw ""
+    if {[llength $path]} {
+        set raw [get_property SLACK $path]
+    }
+    if {![string is double -strict $raw] || abs($raw) > 1e6} {
+        error "no timed $check path in the routed design (slack '$raw'): is the fabric clock constrained?\
+               See $timing_rpt"
+    }
+    set slack($check) [format %.3f $raw]
+    if {$slack($check) < 0} {
+        lappend failures "worst $check slack $slack($check) ns, from [get_property STARTPOINT_PIN $path]\
+                          to [get_property ENDPOINT_PIN $path]"
+    }
+}
+set report [file join $reports build_$kernel.json]
+set fh [open $report w]
+puts $fh [format {{
+  "board": "%s",
+  "kernel": "%s",
+  "part": "%s",
+  "clock_mhz_requested": %s,
+  "clock_mhz_actual": %s,
+  "wns_ns": %s,
+  "whs_ns": %s,
+  "timing_met": %s
+}} $board $kernel $part $clock_mhz $clock_actual $slack(setup) $slack(hold) \
+    [expr {[llength $failures] ? "false" : "true"}]]
+close $fh
+if {[llength $failures]} {
+    error "timing not met at $clock_actual MHz: [join $failures {; }] (see $timing_rpt). No bitstream is\
+           shipped: build for a slower clock (HETADAM_CLOCK_MHZ=..., with the HLS IP synthesised for it) or\
+           shorten the path"
 }
 
 # PYNQ loads NAME.bit with NAME.hwh beside it (the .hwh sits under .gen since Vivado 2020.2, .srcs before).
@@ -170,4 +252,5 @@ if {$hwh eq ""} {
     error "the block design's hardware handoff ($bd.hwh) was not generated"
 }
 file copy -force $hwh [file join $out hetadam.hwh]
-puts "hetadam: [file join $out hetadam.bit] and hetadam.hwh ($kernel kernel, $board, $clock_mhz MHz)"
+puts "hetadam: [file join $out hetadam.bit] and hetadam.hwh ($kernel kernel, $board, $clock_actual MHz,\
+      WNS $slack(setup) ns, WHS $slack(hold) ns; $report)"

@@ -58,6 +58,17 @@ add_files -tb [file join $hls_dir hetadam_adam_tb.cpp] -cflags $cflags
 open_solution -reset sol -flow_target vivado
 set_part $part
 create_clock -period [format %.3f [expr {1000.0 / $clock_mhz}]] -name default
+# What the driver depends on, pinned rather than left to the release's defaults (UG1399 2023.1
+# documents 32-bit m_axi addresses as the Vivado IP flow's default): 64-bit addresses, two
+# words a pointer as in the register map; and an interrupt status register that toggles on
+# write, as the RTL kernel's does (host/hetadam/regmap.py: ISR_MODE). Releases without the
+# option keep their own ISR mode, which some make clear-on-read: the driver handles both.
+config_interface -m_axi_addr64=true
+if {[catch {config_interface -s_axilite_interrupt_mode tow} why]} {
+    puts "WARNING: this Vitis HLS does not take `config_interface -s_axilite_interrupt_mode` ($why): the IP's\
+          interrupt status register keeps the release's default, toggle-on-write or clear-on-read;\
+          the driver acknowledges either (docs/hls.md)"
+}
 config_export -format ip_catalog -rtl verilog -vendor hetadam.org -library hls -version 1.0 \
     -display_name "hetadam Adam (HLS)" -description "Fixed-point Adam update, hetadam register map"
 
