@@ -371,7 +371,7 @@ def test_interrupt_waits_wake_on_the_loop_pynq_registered_its_reader_on(
     step_through(transport, interrupt=True, timeout=1.0)
     # A run done before its wait needs no interrupt; one done during it wakes the wait. Through the AXI
     # interrupt controller, the interrupt pynq acknowledged while the line was high stays pending and
-    # wakes each next wait at once (3 spurious wakes): the wait checks ISR and waits on.
+    # wakes each next wait at once (3 spurious wakes): the wait checks ap_done and waits on.
     assert board.uio.fired == (0 if not finish_after else 7 if board.via == "axi_intc" else 4)
     assert asyncio.get_event_loop() is loop, "a later overlay load registers its readers on the same loop"
 
@@ -419,7 +419,7 @@ def test_inside_a_running_loop_the_wait_polls(board: SimpleNamespace, loop: asyn
 
     loop.run_until_complete(cell())
     assert len(board.kernel.args_seen) == 4
-    assert board.uio.fired == 0, "the wait polled the status register: it never enabled the interrupt"
+    assert board.uio.fired == 0, "the wait polled ap_done: it never enabled the interrupt"
 
 
 def test_ctrl_c_in_a_wait_comes_out_unchanged_and_the_next_wait_works(board: SimpleNamespace) -> None:
