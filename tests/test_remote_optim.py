@@ -149,6 +149,20 @@ def test_a_split_over_cpu_and_two_servers_is_bit_identical_to_cpu_fixed(caplog: 
         opt.close()
 
 
+def test_param_groups_on_one_server_share_its_session_and_stay_bit_exact(server: Server) -> None:
+    def groups(m: Model) -> list[dict]:
+        return [{"params": [m.a.weight, m.a.bias]}, {"params": [m.b.weight, m.b.bias, m.extra], "lr": 3e-3}]
+
+    local, remote = Model(), Model()
+    reference = HetAdam(groups(local), lr=1e-2, backend="cpu", numerics="fixed")
+    opt = HetAdam(groups(remote), lr=1e-2, backend=name_of(server.address, chunk=64), numerics="fixed")
+    train(local, reference, range(8))
+    train(remote, opt, range(8))
+    assert_same(local, remote)
+    assert len(opt.step_stats) == 2
+    opt.close()
+
+
 def test_the_state_moves_exactly_over_the_wire_both_ways(server: Server) -> None:
     local, remote = Model(), Model()
     reference = make("cpu", local)

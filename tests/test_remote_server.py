@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hetadam.kernels import BackendError
-from hetadam.numerics import DEFAULT, FixedState, encode_step, golden
+from hetadam.kernels import BackendError, FixedKernel, HostKernel
+from hetadam.numerics import DEFAULT, FixedFormat, FixedState, StepScalars, encode_step, golden
 from hetadam.remote import protocol as P
 from hetadam.remote.client import Link, RemoteKernel
 from hetadam.remote.devices import HostSource
@@ -336,6 +336,57 @@ def test_a_refused_step_reads_its_gradients_and_changes_nothing(
         raw.ch.expect(P.fixed(P.Kind.OK), 5.0)
     assert raw.request(P.Kind.COMMIT, P.STEP_REF.pack(1, 1)) == 1  # the first step is still pending
     raw.close()
+
+
+class FlakyKernel(HostKernel):
+    """The golden model, failing its second chunk's run while `failing` is set."""
+
+    failing = False
+
+    def run(self, G: np.ndarray, eg: np.ndarray, sc: StepScalars, idx0: int) -> int:
+        if FlakyKernel.failing and idx0 >= 32:
+            raise RuntimeError("the DMA engine reported an error")
+        return super().run(G, eg, sc, idx0)
+
+
+class FlakySource(HostSource):
+    def new(self, n: int, fmt: FixedFormat) -> FixedKernel:
+        return FlakyKernel(n, fmt)
+
+
+def test_a_kernel_failing_mid_step_applies_nothing_and_keeps_the_connection(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="hetadam.serve")
+    with Server(FlakySource(), TOKEN, port=0, limits=LIMITS).start() as srv:
+        client = link(srv)
+        client.open()
+        rng = np.random.default_rng(5)
+        state = golden.random_state(rng, 64, DEFAULT)
+        kernel = RemoteKernel(client, 64, DEFAULT, chunk=32)
+        kernel.upload(state)
+        G, eg = golden.random_grad(rng, 64, DEFAULT)
+        sc = encode_step(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1)
+        monkeypatch.setattr(FlakyKernel, "failing", True)
+        with pytest.raises(BackendError, match=r"tcp://test.*the step failed: RuntimeError: the DMA engine"):
+            kernel.run(G, eg, sc, 0)
+        kernel.commit()  # nothing is pending: the runtime would discard, and a commit changes nothing
+        assert kernel.download().equals(state)
+        monkeypatch.setattr(FlakyKernel, "failing", False)
+        kernel.run(G, eg, sc, 0)
+        kernel.commit()
+        assert kernel.download().equals(golden.adam_step(state, G, eg, sc, 0, DEFAULT)[0])
+        assert client.connected and "resumed" not in caplog.text
+        client.close()
+
+
+def test_a_server_that_stopped_is_named_in_the_error(server: Server) -> None:
+    client = link(server)
+    client.open()
+    kernel = RemoteKernel(client, 64, DEFAULT)
+    server.stop()
+    with pytest.raises(BackendError, match=r"backend 'tcp://test'.*(connection was lost|cannot connect)"):
+        kernel.download()
 
 
 def test_a_gradient_frame_for_the_wrong_chunk_ends_the_connection_and_discards_the_step(

@@ -43,6 +43,8 @@ from . import protocol as P
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 60.0
+CLOSE_TIMEOUT = 5.0
+"""Seconds the server may take to answer FREE or CLOSE: closing never waits long on a stalled link."""
 DEFAULT_CHUNK = 1 << 18
 """Elements per pipelined chunk: 0.5 MiB of gradient in, 1 MiB of parameters out."""
 RESTORE = "restore the optimizer from a state_dict checkpoint (optimizer.load_state_dict(...))"
@@ -224,7 +226,7 @@ class Link:
             if self.ch is not None:
                 try:
                     self.ch.send(P.Kind.CLOSE)
-                    self.ch.expect(P.fixed(P.Kind.OK), self.timeout)
+                    self.ch.expect(P.fixed(P.Kind.OK), min(self.timeout, CLOSE_TIMEOUT))
                 except (OSError, P.ProtocolError, P.RemoteError):
                     pass  # the server drops a session it cannot reach when the next client opens one
             self.drop()
@@ -378,7 +380,7 @@ class RemoteKernel(FixedKernel):
         if not self.link.connected or self.generation != self.link.generation:
             return
         try:
-            self.link.request("freeing the shard", lambda ch: self._simple(ch, P.Kind.FREE))
+            self.link.request("freeing the shard", lambda ch: self._simple(ch, P.Kind.FREE, idle=CLOSE_TIMEOUT))
         except BackendError:
             pass  # the session's end frees it
 
@@ -404,10 +406,10 @@ class RemoteKernel(FixedKernel):
             del applied_now  # 1: applied now; 0: it was already (the answer to an earlier try was lost)
             self._owed_commit = None
 
-    def _simple(self, ch: P.Channel, kind: P.Kind, step: int | None = None) -> int:
+    def _simple(self, ch: P.Channel, kind: P.Kind, step: int | None = None, idle: float | None = None) -> int:
         """A request with a fixed-size payload answered by OK; returns OK's flag."""
         ch.send(kind, P.SLOT.pack(self.slot) if step is None else P.STEP_REF.pack(self.slot, step))
-        _, payload = ch.expect(P.fixed(P.Kind.OK), self.link.timeout)
+        _, payload = ch.expect(P.fixed(P.Kind.OK), min(self.link.timeout, idle or self.link.timeout))
         return P.OK.unpack(payload)[0]
 
     def _new_step(self) -> int:

@@ -193,7 +193,9 @@ class Server:
             t.start()
 
     def stop(self) -> None:
-        """Stop accepting, disconnect the client, release the session and the device."""
+        """Stop accepting, disconnect the client, release the session and the device (once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._accepting is not None and self._accepting is not threading.current_thread():
             self._accepting.join()
