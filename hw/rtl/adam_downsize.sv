@@ -27,9 +27,11 @@ module adam_downsize #(
   localparam int RATIO = IN_W / OUT_W;
   localparam int SEL_W = (RATIO > 1) ? $clog2(RATIO) : 1;
 
+`ifndef __ICARUS__  // Icarus 11 reads no elaboration-time $fatal (a syntax error); Verilator and Vivado do
   if (RATIO < 2 || RATIO * OUT_W != IN_W || (RATIO & (RATIO - 1)) != 0) begin : g_check_ratio
     $fatal(0, "Error: IN_W (%0d) must be OUT_W (%0d) times a power of two >= 2 (instance %m)", IN_W, OUT_W);
   end
+`endif
 
   logic [SEL_W-1:0] sel;           // the part of the input word that goes out next
   logic [32:0] left;               // output words still to go in this run
