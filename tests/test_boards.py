@@ -540,6 +540,16 @@ def test_board_flow_wants_the_hls_ip_of_the_part_it_builds_for(tree: Path) -> No
 
 
 @needs_tclsh
+@pytest.mark.parametrize(("ports", "message"), [("{0 5}", "ports 0 to 3, not 5"), ("{}", "name one or more")])
+def test_board_flow_refuses_high_performance_ports_a_zynq_lacks(tree: Path, ports: str, message: str) -> None:
+    prepare_board_run(tree, "pynq-z2", "hls")
+    board_tcl = tree / "hw" / "boards" / "pynq-z2" / "board.tcl"
+    board_tcl.write_text(re.sub(r"^set hp_ports .*$", f"set hp_ports {ports}", board_tcl.read_text(), flags=re.M))
+    _, error = run_tcl(tree.parent, tree.joinpath(*BUILD_TCL), {"HETADAM_BOARD": "pynq-z2"})
+    assert message in error
+
+
+@needs_tclsh
 def test_board_flow_errors(tree: Path) -> None:
     script = tree / "hw" / "boards" / "build.tcl"
     _, error = run_tcl(tree.parent, script, {"HETADAM_BOARD": "pynq-z2", "HETADAM_KERNEL": "hls"})
