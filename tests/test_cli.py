@@ -46,6 +46,7 @@ def test_bench_prints_ratios_and_writes_json(tmp_path, capsys: pytest.CaptureFix
             "hetadam cpu fp32 check_finite=False",
             "hetadam cpu fp32",
             "hetadam cpu fixed",
+            "hetadam cpu fixed no change check",
         ]
     )
     for r in rows:

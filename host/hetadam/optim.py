@@ -344,6 +344,7 @@ class HetAdam(torch.optim.Optimizer):
 
     def _export_state(self) -> None:
         """Copy each shard's resident state into torch's per-parameter layout."""
+        self._runner.fence([s for partition in self._partitions for s in partition.shards], self.step_timeout)
         for group, partition in zip(self.param_groups, self._partitions, strict=True):
             params = group["params"]
             exported = state_io.export_group(
@@ -390,6 +391,7 @@ class HetAdam(torch.optim.Optimizer):
                     saved_states, params, labels, partition.layout, self.fixed_format, self.numerics == "fixed"
                 )
             )
+        self._runner.fence([s for partition in self._partitions for s in partition.shards], self.step_timeout)
         super().load_state_dict(
             {
                 **state_dict,

@@ -40,7 +40,7 @@ from torch.autograd.graph import increment_version
 
 from ..numerics import DEFAULT, FixedFormat, FixedState
 from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
-from ..numerics.fast import quantize_grad_fast
+from ..numerics.fast import floats_differ, quantize_grad_fast
 from ..numerics.formats import n_blocks
 from ..numerics.scalars import StepScalars
 from .base import (
@@ -472,10 +472,14 @@ class OpenCLFp32Shard(Shard):
     """torch's Adam/AdamW in float32 on the device: parameters, exp_avg,
     exp_avg_sq (and max_exp_avg_sq) resident, committed and pending. Every step
     writes the pending buffers, so a step that fails part-way leaves the
-    committed state as it was. A step takes the parameters from the tensors (a
-    value changed outside the optimizer is the one it steps from) and maps the
-    new ones to the host before it returns, so that `commit` only copies them
-    into the tensors and cannot fail."""
+    committed state as it was.
+
+    The parameters stay mapped to the host for reading: the pending ones, mapped
+    by `step` before it returns, so that `commit` only copies them into the
+    tensors and cannot fail; then, once committed, as the host image of the
+    resident parameters against which `changed_params` compares the tensors
+    (on a device in host memory the mapping costs no copy). A mapping is
+    released before any command writes its buffer."""
 
     def __init__(self, dev: _Device, start: int, n: int, chunk: int = CHUNK, fma: bool = True) -> None:
         super().__init__(start, n)
@@ -494,8 +498,12 @@ class OpenCLFp32Shard(Shard):
         self.cur = 0
         self.has_pending = False
         self._segments: list[Segment] = []
-        self._mapped: np.ndarray | None = None
-        """The pending parameters, mapped to the host by `step` for `commit`."""
+        self._committed_view: np.ndarray | None = None
+        """The committed parameters, mapped for reading (None: not mapped)."""
+        self._pending_view: np.ndarray | None = None
+        """The pending parameters, mapped for reading by `step`."""
+        self._stale: list[np.ndarray] = []
+        """Mappings to release before their buffer is written again."""
 
     def _ensure_amsgrad(self) -> None:
         if "max_exp_avg_sq" not in self.bufs:
@@ -534,17 +542,11 @@ class OpenCLFp32Shard(Shard):
 
     @_backend_errors("the fp32 step")
     def step(self, segments: list[Segment], hyper: StepHyper) -> int:
-        self._unmap()
-        self.has_pending = False
+        self.discard()
+        self._release_stale()
         if hyper.amsgrad:
             self._ensure_amsgrad()
         self._segments = segments
-        p = self.bufs["p"][self.cur]
-        uploads = [  # the parameters as they are now, changed outside the optimizer or not
-            cl.enqueue_copy(self.dev.compute, p, seg.param.detach().numpy(), dst_offset=4 * seg.offset,
-                            is_blocking=False)
-            for seg in segments if seg.grad is not None
-        ]  # fmt: skip
         live: list[tuple[int, int]] = []
         for t, run in _live_runs(segments, hyper.step):
             sc = Fp32Scalars.of(replace(hyper, step=t))
@@ -552,8 +554,8 @@ class OpenCLFp32Shard(Shard):
             live.append((lo, hi))
             for g0 in range(lo // VEC * VEC, hi, self.chunk):
                 self._chunk(run, g0, max(g0, lo), min(g0 + self.chunk, hi), sc)
-        # on the wire: the 32-bit gradients of the runs in, their parameters in and out
-        self.wire_bytes = 4 * sum(hi - lo for lo, hi in live) + 8 * sum(
+        # on the wire: the 32-bit gradients of the runs in, their parameters out
+        self.wire_bytes = 4 * sum(hi - lo for lo, hi in live) + 4 * sum(
             seg.param.numel() for seg in segments if seg.grad is not None
         )
         for lo, hi in _gaps(live, self.n):  # what this step leaves as it is
@@ -562,19 +564,43 @@ class OpenCLFp32Shard(Shard):
                                 src_offset=4 * lo, dst_offset=4 * lo)  # fmt: skip
         self.dev.compute.finish()
         self.slots.drain()
-        del uploads  # done: the compute queue is in order
-        if live:
-            self._mapped, _ = cl.enqueue_map_buffer(
-                self.dev.compute, self.bufs["p"][self.cur ^ 1], cl.map_flags.READ, 0, (self.n,), np.float32
-            )
+        self._pending_view = self._map(self.cur ^ 1)
         self.has_pending = True
         return 0
 
-    def _unmap(self) -> None:
-        """Release the mapping of the parameters (before the kernels write that buffer again)."""
-        if self._mapped is not None:
-            mapped, self._mapped = self._mapped, None
-            mapped.base.release()
+    def _map(self, k: int) -> np.ndarray:
+        """Parameter buffer k, mapped for reading (blocking)."""
+        if not self.n:  # OpenCL maps no empty range
+            return np.zeros(0, np.float32)
+        view, _ = cl.enqueue_map_buffer(self.dev.compute, self.bufs["p"][k], cl.map_flags.READ, 0, (self.n,),
+                                        np.float32)  # fmt: skip
+        return view
+
+    def _release_stale(self) -> None:
+        while self._stale:
+            mapping = self._stale.pop().base
+            if mapping is not None:
+                mapping.release()
+
+    def _unmap_all(self) -> None:
+        self.discard()
+        if self._committed_view is not None:
+            self._stale.append(self._committed_view)
+            self._committed_view = None
+        self._release_stale()
+
+    @_backend_errors("reading the parameters")
+    def changed_params(self, pieces: list[tuple[int, np.ndarray]]) -> list[bool]:
+        if self._committed_view is None:
+            self._committed_view = self._map(self.cur)
+        view = self._committed_view
+        return [floats_differ(view[off : off + x.size], x) for off, x in pieces]
+
+    @_backend_errors("writing the parameters")
+    def reimport_params(self, pieces: list[tuple[int, np.ndarray]]) -> None:
+        self._unmap_all()
+        for off, x in pieces:
+            self.dev.write(self.bufs["p"][self.cur], x, offset=4 * off)
 
     def _chunk(self, run: list[Segment], g0: int, a: int, b: int, sc: Fp32Scalars) -> None:
         """Send the gradients of elements [a, b) of a run (zeros between its
@@ -614,16 +640,23 @@ class OpenCLFp32Shard(Shard):
     def commit(self) -> None:
         if not self.has_pending:
             return
-        self.cur ^= 1
-        self.has_pending = False
+        new = self._pending_view
+        assert new is not None
         for seg in self._segments:
             if seg.grad is not None:
-                assert self._mapped is not None
-                np.copyto(seg.param.detach().numpy(), self._mapped[seg.offset : seg.offset + seg.param.numel()])
+                np.copyto(seg.param.detach().numpy(), new[seg.offset : seg.offset + seg.param.numel()])
                 increment_version(seg.param)  # as an in-place torch op would
+        self.cur ^= 1
+        if self._committed_view is not None:  # its buffer now takes the next pending state
+            self._stale.append(self._committed_view)
+        self._committed_view, self._pending_view = new, None
+        self.has_pending = False
         self._segments = []
 
     def discard(self) -> None:
+        if self._pending_view is not None:
+            self._stale.append(self._pending_view)
+            self._pending_view = None
         self.has_pending = False
         self._segments = []
 
@@ -635,7 +668,7 @@ class OpenCLFp32Shard(Shard):
         }
 
     def import_state(self, state: dict[str, np.ndarray], params: np.ndarray) -> None:
-        self._unmap()
+        self._unmap_all()
         if "max_exp_avg_sq" in state:
             self._ensure_amsgrad()
         zeros = np.zeros(self.n, np.float32)
@@ -646,7 +679,7 @@ class OpenCLFp32Shard(Shard):
 
     def close(self) -> None:
         """Let the device buffers and the kernels go."""
-        self._unmap()
+        self._unmap_all()
         self.slots.close()
         self.bufs, self.kernels = {}, {}
 

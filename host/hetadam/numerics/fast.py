@@ -292,14 +292,26 @@ def _count_differ(P: np.ndarray, x: np.ndarray, scale: float) -> int:
     return count
 
 
-_count_differ_serial = numba.njit(cache=True)(_count_differ)
-_count_differ_parallel = numba.njit(parallel=True, cache=True)(_count_differ)
+def _count_unequal(a: np.ndarray, b: np.ndarray) -> int:
+    count = 0
+    for i in numba.prange(a.size):
+        count += a[i] != b[i]
+    return count
+
+
 _PARALLEL_FROM = 1 << 18
 """Below this many elements one thread is faster than waking the others."""
+_count_differ_kernels = (numba.njit(cache=True)(_count_differ), numba.njit(parallel=True, cache=True)(_count_differ))
+_count_unequal_kernels = (numba.njit(cache=True)(_count_unequal), numba.njit(parallel=True, cache=True)(_count_unequal))
 
 
 def params_differ(P: np.ndarray, x: np.ndarray, fmt: FixedFormat = DEFAULT) -> bool:
     """Whether the float32 parameters `x` differ anywhere from the float32 values
     of the fixed parameters P (NaN always differs): one fused pass, no temporaries."""
-    kernel = _count_differ_parallel if P.size >= _PARALLEL_FROM else _count_differ_serial
-    return kernel(P, x, 2.0**-fmt.p_frac) > 0
+    return _count_differ_kernels[P.size >= _PARALLEL_FROM](P, x, 2.0**-fmt.p_frac) > 0
+
+
+def floats_differ(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two float32 arrays differ anywhere, bit for bit (a NaN equals
+    the same NaN; -0.0 differs from 0.0): one pass, no temporaries."""
+    return _count_unequal_kernels[a.size >= _PARALLEL_FROM](a.view(np.int32), b.view(np.int32)) > 0
