@@ -19,7 +19,8 @@ from hetadam.numerics import DEFAULT, FixedFormat, FixedState, StepScalars, enco
 from hetadam.remote import protocol as P
 from hetadam.remote.client import Link, RemoteKernel
 from hetadam.remote.devices import HostSource
-from hetadam.remote.server import Limits, Server, main, parse_listen
+from hetadam.remote.serve import main, parse_listen
+from hetadam.remote.server import Limits, Server
 
 TOKEN = b"0123456789abcdef" * 2
 LIMITS = Limits(max_elements=1 << 16, frame_timeout=0.5, handshake_timeout=1.0, max_connecting=3)
@@ -377,6 +378,33 @@ def test_a_kernel_failing_mid_step_applies_nothing_and_keeps_the_connection(
         kernel.commit()
         assert kernel.download().equals(golden.adam_step(state, G, eg, sc, 0, DEFAULT)[0])
         assert client.connected and "resumed" not in caplog.text
+        client.close()
+
+
+class SlowKernel(HostKernel):
+    def run(self, G: np.ndarray, eg: np.ndarray, sc: StepScalars, idx0: int) -> int:
+        time.sleep(0.3)
+        return super().run(G, eg, sc, idx0)
+
+
+class SlowSource(HostSource):
+    def new(self, n: int, fmt: FixedFormat) -> FixedKernel:
+        return SlowKernel(n, fmt)
+
+
+def test_a_kernel_slower_than_the_frame_timeout_is_not_taken_for_a_stalled_client() -> None:
+    """More chunks than the pipeline holds, each running longer than a frame may take."""
+    limits = Limits(frame_timeout=0.2, handshake_timeout=1.0)
+    with Server(SlowSource(), TOKEN, port=0, limits=limits).start() as srv:
+        client = link(srv)
+        client.open()
+        n = 32 * 6
+        kernel = RemoteKernel(client, n, DEFAULT, chunk=32)
+        G, eg = golden.random_grad(np.random.default_rng(6), n, DEFAULT)
+        sc = encode_step(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1)
+        kernel.run(G, eg, sc, 0)
+        kernel.commit()
+        assert np.array_equal(kernel.params(), golden.adam_step(FixedState.zeros(n), G, eg, sc, 0, DEFAULT)[0].P)
         client.close()
 
 

@@ -76,20 +76,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .remote.server import run
+    from .remote.serve import run
 
     return run(args)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .remote.server import announce_token
+    from .remote.serve import announce_token
     from .remote.token import default_file, make_token
 
     return announce_token(make_token(args.file or default_file()))
 
 
 def parser() -> argparse.ArgumentParser:
-    from .remote.server import add_arguments
+    from .remote.serve import add_arguments
 
     p = argparse.ArgumentParser(prog="hetadam", description="The Adam optimizer on heterogeneous hardware.")
     sub = p.add_subparsers(dest="command", required=True)

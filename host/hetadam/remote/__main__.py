@@ -1,5 +1,5 @@
 """`python -m hetadam.remote`: the same as `hetadam serve`."""
 
-from .server import main
+from .serve import main
 
 raise SystemExit(main())

@@ -25,35 +25,27 @@ Imports neither torch nor numba (see devices.py for the backends that do).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import logging
-import queue
 import secrets
-import signal
 import socket
-import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from ..kernels import FixedKernel
-from ..numerics import FixedFormat, FixedState, StepScalars
+from ..numerics import FixedState
 from . import protocol as P
-from .devices import SERVABLE, KernelSource, kernel_source
-from .token import DEFAULT_FILE, default_file, make_token, read_token_file
+from .devices import KernelSource
+from .pipeline import Slot, StepPipeline, drain_grads
 
 log = logging.getLogger("hetadam.serve")
 T = TypeVar("T")
 
 DEFAULT_PORT = 7000
-PIPELINE_DEPTH = 4
-"""Gradient chunks a step holds at once on the server: one arriving, one
-running, one whose parameters are leaving, one spare."""
 REQUESTS = P.fixed(
     P.Kind.CLOSE,
     P.Kind.CREATE,
@@ -91,22 +83,6 @@ class Failed(Exception):
     def __init__(self, code: P.Code, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass
-class Slot:
-    """The state of one client shard: a kernel per chunk."""
-
-    n: int
-    fmt: FixedFormat
-    bounds: list[tuple[int, int]]
-    kernels: list[FixedKernel]
-    valid: bool = True
-    """False after an upload failed part-way: only a new upload makes it usable."""
-    last_step: int = 0
-    """The highest step id seen: a new step must be above it."""
-    pending: int | None = None
-    committed: int = 0
 
 
 @dataclass
@@ -452,11 +428,21 @@ class Server:
                 raise Failed(P.Code.BAD_REQUEST, str(exc)) from None
         except Failed as exc:
             ch.send_error(exc.code, str(exc))
-            _drain_grads(ch, index, slot, self.limits.frame_timeout)
+            drain_grads(ch, index, slot, self.limits.frame_timeout)
             return
         slot.last_step = step
         slot.pending = None
-        if _StepPipeline(self, ch, index, slot, sc, idx0).run():
+        pipeline = StepPipeline(
+            ch,
+            index,
+            slot,
+            sc,
+            idx0,
+            kernel_thread=self.kernel_thread,
+            frame_timeout=self.limits.frame_timeout,
+            backend=self.source.name,
+        )
+        if pipeline.run():
             slot.pending = step
 
     def _commit(self, ch: P.Channel, session: Session, payload: bytes) -> None:
@@ -499,92 +485,6 @@ class Server:
         session.slots.clear()
 
 
-class _StepPipeline:
-    """One step of one slot, pipelined: this thread receives GRAD frames, the
-    kernel thread runs each chunk as it arrives, a writer thread sends each
-    chunk's PARAMS as it is done. Any failure discards every chunk."""
-
-    def __init__(self, server: Server, ch: P.Channel, index: int, slot: Slot, sc: StepScalars, idx0: int) -> None:
-        self.server, self.ch, self.index, self.slot, self.sc, self.idx0 = server, ch, index, slot, sc, idx0
-        size = P.grad_bytes(max((hi - lo for lo, hi in slot.bounds), default=0), slot.fmt.block)
-        self.free: queue.Queue[np.ndarray] = queue.Queue()
-        for _ in range(min(PIPELINE_DEPTH, len(slot.bounds))):
-            self.free.put(np.empty(size, np.uint8))
-        self.done: queue.Queue[tuple[int, cf.Future, np.ndarray] | None] = queue.Queue()
-        self.failed: Exception | None = None
-        """The first kernel failure (sent as ERROR)."""
-        self.broken: BaseException | None = None
-        """The first failure of the connection (ends it)."""
-
-    def run(self) -> bool:
-        """True when every chunk ran and its parameters were sent (then OK)."""
-        writer = threading.Thread(target=self._write, name="hetadam-params", daemon=True)
-        writer.start()
-        try:
-            for i, (lo, hi) in enumerate(self.slot.bounds):
-                length = P.grad_bytes(hi - lo, self.slot.fmt.block)
-                self.ch.expect({P.Kind.GRAD: -length}, idle=self.server.limits.frame_timeout)
-                buf = self.free.get()
-                self.ch.recv_into(buf[:length])
-                slot_index, chunk = P.CHUNK.unpack(buf[: P.CHUNK.size].tobytes())
-                if (slot_index, chunk) != (self.index, i):
-                    raise P.ProtocolError(f"GRAD for slot {slot_index} chunk {chunk}, expected {self.index} chunk {i}")
-                G = buf[P.CHUNK.size : P.CHUNK.size + 2 * (hi - lo)].view("<i2")
-                eg = buf[P.CHUNK.size + 2 * (hi - lo) : length].view(np.int8)
-                future = self.server.kernel_thread.submit(self._run_chunk, i, G, eg, lo)
-                self.done.put((i, future, buf))
-        except BaseException as exc:
-            self.broken = exc
-        self.done.put(None)
-        writer.join()
-        ok = self.failed is None and self.broken is None
-        if not ok:
-            for k in self.slot.kernels:
-                self.server._k(k.discard)
-        if self.broken is not None:
-            raise self.broken
-        return ok
-
-    def _run_chunk(self, i: int, G: np.ndarray, eg: np.ndarray, lo: int) -> tuple[int, np.ndarray] | None:
-        if self.failed is not None or self.broken is not None:
-            return None
-        kernel = self.slot.kernels[i]
-        sat = kernel.run(G, eg, self.sc, self.idx0 + lo)
-        return sat, kernel.pending_params()
-
-    def _write(self) -> None:
-        while (item := self.done.get()) is not None:
-            i, future, buf = item
-            try:
-                result = future.result()
-            except Exception as exc:
-                if self.failed is None:
-                    self.failed = exc
-                    self._send_error(exc)
-                result = None
-            self.free.put(buf)
-            if result is None or self.failed is not None or self.broken is not None:
-                continue
-            sat, params = result
-            try:
-                self.ch.send(P.Kind.PARAMS, P.PARAMS.pack(i, sat), params)
-            except BaseException as exc:
-                self.broken = self.broken or exc
-                self.ch.shutdown()  # unblocks the reader
-        if self.failed is None and self.broken is None:
-            try:
-                self.ch.send(P.Kind.OK, P.OK.pack(0))
-            except BaseException as exc:
-                self.broken = exc
-
-    def _send_error(self, exc: Exception) -> None:
-        name = self.server.source.name
-        try:
-            self.ch.send_error(P.Code.KERNEL, f"{name}: the step failed: {type(exc).__name__}: {exc}")
-        except BaseException as err:
-            self.broken = self.broken or err
-
-
 def _put(kernel: FixedKernel, state: FixedState, pending: bool) -> None:
     if pending:
         kernel.stage(state)
@@ -602,14 +502,6 @@ def _recv_state(ch: P.Channel, index: int, i: int, count: int, block: int) -> Fi
     return FixedState(P=a["P"], M=a["M"], em=a["em"], S=a["S"], es=a["es"])
 
 
-def _drain_grads(ch: P.Channel, index: int, slot: Slot, timeout: float) -> None:
-    """Read and drop the GRAD frames of a step that was refused."""
-    for lo, hi in slot.bounds:
-        length = P.grad_bytes(hi - lo, slot.fmt.block)
-        ch.expect({P.Kind.GRAD: -length}, idle=timeout)
-        ch.recv_into(np.empty(length, np.uint8))
-
-
 def _keepalive(sock: socket.socket) -> None:
     """Probe an idle connection so that a vanished peer (power cut, cable pulled)
     frees the session for a resume after about two minutes."""
@@ -623,87 +515,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionError | P.ProtocolError):
         return str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-# -- the command ---------------------------------------------------------------
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT (or :PORT, or HOST) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(DEFAULT_PORT)
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"--listen {text!r}: the port must be a number") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"--listen {text!r}: the port must lie in [0, 65535]")
-    return host, number
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="cpu", choices=SERVABLE, help="the backend to serve (default: cpu)")
-    p.add_argument(
-        "--listen",
-        default=f"127.0.0.1:{DEFAULT_PORT}",
-        help=f"HOST:PORT to listen on (default: 127.0.0.1:{DEFAULT_PORT}; 0.0.0.0:{DEFAULT_PORT} for every interface)",
-    )
-    p.add_argument(
-        "--token-file",
-        type=Path,
-        default=None,
-        help="the token (default: $HETADAM_TOKEN_FILE or ~/.config/hetadam/token)",
-    )
-    p.add_argument(
-        "--make-token", type=Path, default=None, metavar="FILE", help="write a new token to FILE (mode 600) and exit"
-    )
-    p.add_argument("--bitfile", default=None, help="pynq: the overlay (default: $HETADAM_BITFILE)")
-    p.add_argument("--max-elements", type=int, default=Limits.max_elements, help="elements one session may hold")
-    p.add_argument("--frame-timeout", type=float, default=Limits.frame_timeout, help="seconds a frame may take")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`hetadam serve` (and `python -m hetadam.remote`): serve until stopped
-    (Ctrl-C or SIGTERM); returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        if args.make_token is not None:
-            return announce_token(make_token(args.make_token))
-        token = read_token_file(args.token_file or default_file())
-        host, port = parse_listen(args.listen)
-        limits = Limits(max_elements=args.max_elements, frame_timeout=args.frame_timeout)
-        server = Server(kernel_source(args.backend, bitfile=args.bitfile), token, host, port, limits)
-    except (ValueError, OSError, RuntimeError) as exc:  # a token, an address in use, a device that failed
-        print(f"hetadam serve: {exc}", file=sys.stderr)
-        return 2
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        log.info("interrupted")
-    finally:
-        server.stop()
-        log.info("stopped")
-    return 0
-
-
-def announce_token(path: Path) -> int:
-    """`hetadam token` and `serve --make-token`: say where the token is and what to do with it."""
-    print(
-        f"wrote a new token to {path} (mode 600). Serve with it: hetadam serve --token-file {path}; "
-        f"copy it to each training host as {DEFAULT_FILE} (mode 600), or set $HETADAM_TOKEN there"
-    )
-    return 0
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)  # systemd's stop: leave through serve_forever's clean-up
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hetadam serve", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
