@@ -26,6 +26,7 @@ import torch
 from hetadam import HetAdam, backends
 from hetadam.backends.base import BackendError
 from hetadam.numerics import DEFAULT, encode_step, golden
+from hetadam.remote import protocol as P
 from hetadam.remote.client import Link, RemoteKernel
 from hetadam.remote.devices import HostSource, kernel_source
 from hetadam.remote.server import Limits, Server
@@ -370,6 +371,26 @@ def test_a_commit_whose_answer_is_lost_is_owed_and_applies_once(proxy: Proxy) ->
     proxy.cut()
     proxy.mode = "forward"
     assert kernel.download().equals(expected)  # delivered again first: acknowledged, not applied twice
+    link.close()
+
+
+def test_an_upload_dropped_part_way_is_never_stepped_and_a_new_upload_repairs_it(proxy: Proxy) -> None:
+    link = Link("tcp://proxied", *proxy.address, TOKEN.encode(), timeout=5.0)
+    link.open()
+    rng = np.random.default_rng(1)
+    kernel = RemoteKernel(link, 256, DEFAULT, chunk=64)
+    state = golden.random_state(rng, 256, DEFAULT)
+    proxy.cut_after(P.PUT_STATE.size + 2 * P.state_bytes(64, DEFAULT.block))  # two chunks of four arrive
+    with pytest.raises(BackendError, match="uploading the state failed: the connection was lost"):
+        kernel.upload(state)
+    G, eg = golden.random_grad(rng, 256, DEFAULT)
+    sc = encode_step(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1)
+    with pytest.raises(BackendError, match=r"no valid state .* upload it again"):
+        kernel.run(G, eg, sc, 0)
+    kernel.upload(state)
+    kernel.run(G, eg, sc, 0)
+    kernel.commit()
+    assert kernel.download().equals(golden.adam_step(state, G, eg, sc, 0, DEFAULT)[0])
     link.close()
 
 

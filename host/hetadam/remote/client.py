@@ -413,6 +413,8 @@ class RemoteKernel(FixedKernel):
         return P.OK.unpack(payload)[0]
 
     def _new_step(self) -> int:
+        """A new step id; whatever was pending is replaced by it on the server."""
+        self._pending = None
         self._step += 1
         return self._step
 

@@ -375,25 +375,24 @@ class Server:
             error = Failed(P.Code.BAD_REQUEST, f"step {step} is not new on slot {index} (last: {slot.last_step})")
         elif pending:
             slot.pending, slot.last_step = None, step
+        else:
+            slot.valid = False  # until every chunk is in: a half-uploaded state is never stepped
         fmt = slot.fmt
         for i, (lo, hi) in enumerate(slot.bounds):
             if zeros:
                 st = FixedState.zeros(hi - lo, fmt)
             else:
-                _, _ = ch.expect({P.Kind.STATE: -P.state_bytes(hi - lo, fmt.block)}, idle=self.limits.frame_timeout)
+                ch.expect({P.Kind.STATE: -P.state_bytes(hi - lo, fmt.block)}, idle=self.limits.frame_timeout)
                 st = _recv_state(ch, index, i, hi - lo, fmt.block)
             if error is None:
                 try:
                     self._kernel_call("staging" if pending else "uploading", _put, slot.kernels[i], st, pending)
                 except Failed as exc:
                     error = exc
-        if isinstance(error, Failed) and error.code == P.Code.KERNEL:
-            if pending:
+        if error is not None:
+            if pending and error.code == P.Code.KERNEL:
                 for k in slot.kernels:
                     self._k(k.discard)
-            else:
-                slot.valid = False
-        if error is not None:
             raise error
         if pending:
             slot.pending = step
