@@ -375,8 +375,8 @@ class Server:
             error = Failed(P.Code.BAD_REQUEST, f"step {step} is not new on slot {index} (last: {slot.last_step})")
         elif pending:
             slot.pending, slot.last_step = None, step
-        else:
-            slot.valid = False  # until every chunk is in: a half-uploaded state is never stepped
+        else:  # until every chunk is in, a half-uploaded state is neither stepped nor committed
+            slot.valid, slot.pending = False, None
         fmt = slot.fmt
         for i, (lo, hi) in enumerate(slot.bounds):
             if zeros:
