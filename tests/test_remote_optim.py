@@ -205,6 +205,23 @@ def test_a_step_moves_six_bytes_a_parameter_and_reports_the_link_utilisation(ser
     opt.close()
 
 
+def test_without_a_token_the_backend_is_unavailable_and_says_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HETADAM_TOKEN")
+    monkeypatch.setenv("HETADAM_TOKEN_FILE", str(tmp_path / "token"))
+    with pytest.raises(backends.BackendUnavailable, match=r"no token: set \$HETADAM_TOKEN.*docs/remote.md"):
+        make("tcp://127.0.0.1:7000", Model())
+
+
+def test_an_unreachable_server_fails_at_construction_naming_it() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    with pytest.raises(BackendError, match=rf"tcp://127.0.0.1:{port}.*cannot connect.*hetadam serve"):
+        make(f"tcp://127.0.0.1:{port}", Model())
+
+
 # -- faults ------------------------------------------------------------------------
 
 
