@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import BackendInfo, params_over_backends_and_numerics
+from backend_table import BackendInfo, params_over_backends_and_numerics
 
 from hetadam import HetAdam, backends
 

@@ -68,11 +68,12 @@ class FixedKernel(ABC):
     def params(self) -> np.ndarray:
         """The committed P as int32[n]."""
 
+    @abstractmethod
     def pending_params(self) -> np.ndarray:
         """The P of the pending state (after `run` or `stage`, before `commit`) as
-        int32[n]. `hetadam serve` needs it to send a step's parameters back
-        before the commit; a kernel without it cannot be served remotely."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its pending parameters")
+        int32[n]. FixedShard reads it in its step, so that its commit only swaps
+        and writes floats and cannot fail; `hetadam serve` sends it back before
+        the commit."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
