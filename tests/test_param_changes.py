@@ -167,3 +167,20 @@ def test_a_loaded_fixed_state_takes_the_parameters_as_they_are_now() -> None:
     P = fresh.state_dict()["state"][0]["fixed"]["P"]
     assert torch.equal(P[pruned], torch.zeros_like(P[pruned]))
     assert torch.equal(P[~pruned], saved["state"][0]["fixed"]["P"][~pruned])
+
+
+@pytest.mark.parametrize("numerics", ["fp32", "fixed"])
+def test_a_parameter_replaced_by_one_the_runtime_cannot_stream_is_refused(numerics: str) -> None:
+    """`.data =` with a float64 tensor: the step names the parameter and what it
+    must be, before anything changes."""
+    net = model()
+    opt = HetAdam(net.named_parameters(), lr=LR, numerics=numerics)
+    backward(net, 0)
+    opt.step()
+    net[2].bias.data = net[2].bias.data.double()
+    params = [p.detach().clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 1e-3)  # of the parameter's dtype
+    with pytest.raises(ValueError, match=r"parameter '2\.bias' is torch\.float64"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), params, strict=True))

@@ -312,7 +312,8 @@ class StepRunner:
         held = _HeldInterrupt()
         try:
             if not in_place:
-                futures = [self._workers.submit(_run_job, job) for job in jobs]
+                for job in jobs:  # one by one: a Ctrl-C in between knows what it must give up
+                    futures.append(self._workers.submit(_run_job, job))
                 _, pending = cf.wait(futures, timeout)
                 if pending:
                     late = sorted({j.backend for j, f in zip(jobs, futures, strict=True) if f in pending})
