@@ -443,3 +443,33 @@ def test_an_opencl_fp32_step_failing_in_its_second_chunk_leaves_the_state_as_it_
         np.testing.assert_array_equal(arr, state[key], err_msg=key)
     shard.close()
     backend.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_an_rtl_sim_step_leaves_the_simulator_in_step() -> None:
+    """Ctrl-C while the simulator is mid-request: the request ends on its worker
+    thread, so the socket protocol stays in step; the step is not applied and
+    the next steps are bit-exact with cpu's (they used to fail with "kernel is
+    not idle")."""
+    available = backends.availability("rtl-sim")
+    if not available.usable:
+        pytest.skip(reason=f"rtl-sim unusable here: {available.reason}. {available.remedy}")
+    gs, ref = [groups()[1][:1]], [groups()[1][:1]]  # 100 elements
+    opt = HetAdam(gs[0], lr=1e-2, numerics="fixed", backend="rtl-sim")
+    ref_opt = HetAdam(ref[0], lr=1e-2, numerics="fixed")
+    run(opt, gs, range(1))
+    before = snapshot(gs, opt)
+    started = threading.Event()
+    undo = inject(opt._partitions[0].shards[0], lambda step, s, h: (started.set(), step(s, h))[1])
+    ctrl_c = threading.Thread(target=lambda: started.wait(30) and signal.raise_signal(signal.SIGINT))
+    ctrl_c.start()
+    set_grads(gs, 1)
+    with pytest.raises(KeyboardInterrupt):
+        opt.step()
+    ctrl_c.join()
+    assert_unchanged(gs, opt, before)
+    undo()
+    run(opt, gs, range(2, 4))
+    run(ref_opt, ref, [0, 2, 3])
+    assert torch.equal(gs[0][0], ref[0][0])
+    opt.close()
