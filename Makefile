@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(MAKE) lint-rtl
 	$(PY) -m hetadam.regmap --check
+	$(PY) -m hetadam.formats_render --check
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -126,5 +126,5 @@ def test_bad_chunk_and_format_rejected() -> None:
     t = FakeTransport()
     with pytest.raises(ValueError, match="multiple of the block"):
         DriverKernel(AdamDriver(t), 100, DEFAULT, backend="fake", chunk=48)
-    with pytest.raises(ValueError, match="implements the format"):
-        DriverKernel(AdamDriver(t), 100, FixedFormat(block=64), backend="fake")
+    with pytest.raises(ValueError, match="no kernel implements the format b48"):
+        DriverKernel(AdamDriver(t), 96, FixedFormat(block=48), backend="fake", chunk=96)

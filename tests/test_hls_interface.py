@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from hetadam import regmap
+from hetadam import formats_render, regmap
 from hetadam.backends.hls_csim import HLS_DIR, find_compiler
 from hetadam.numerics import DEFAULT, formats, golden, lfsr
 
@@ -17,10 +17,13 @@ KERNEL = HLS_DIR / "hetadam_adam.cpp"
 HEADER = HLS_DIR / "hetadam_adam.h"
 TESTBENCH = HLS_DIR / "hetadam_adam_tb.cpp"
 REGMAP_HEADER = HLS_DIR / "adam_regmap.h"
+HLS_FORMAT_HEADER = HLS_DIR / "adam_format.h"
 
 
 def defines() -> dict[str, str]:
-    return dict(re.findall(r"^#define (\w+) (\S+)$", REGMAP_HEADER.read_text(), re.M))
+    """The register-map macros and the pragma sizes of the DEFAULT format (adam_format.h)."""
+    sizes = {f"HETADAM_{name}": str(v) for name, v in formats_render.hls_sizes(DEFAULT.block).items()}
+    return dict(re.findall(r"^#define (\w+) (\S+)$", REGMAP_HEADER.read_text(), re.M)) | sizes
 
 
 def parse_pragma(text: str) -> tuple[str, dict[str, str]]:
@@ -51,8 +54,26 @@ def signature(text: str) -> tuple[str, list[tuple[str, str]]]:
     return name, [(kind.strip(), arg) for kind, arg in args]
 
 
-def header_constant(name: str) -> int:
-    return int(re.search(rf"constexpr \w+ {name} = (-?\w+);", HEADER.read_text()).group(1), 0)
+CONSTANTS = (
+    "BLOCK", "G_MAG", "M_MAG", "S_BITS", "EPS_BITS", "WORK_FRAC", "EXTRA_FRAC", "COEF_FRAC", "RATIO_FRAC",
+    "EXP_ZERO", "M_MAX", "S_MAX", "INDEX_MUL", "COSIM_DEPTH", "COSIM_DEPTH_BLOCKS",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def header_constants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """The constants of hetadam_adam.h with DEFAULT's widths, as the compiler sees them."""
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.skip(reason="no C++ compiler: apt-get install g++")
+    prints = "".join(f'std::printf("{c} %lld\\n", (long long)hetadam::{c});' for c in CONSTANTS)
+    source = tmp_path_factory.mktemp("hls") / "constants.cpp"
+    source.write_text(f'#include <cstdio>\n#include "hetadam_adam.h"\nint main() {{ {prints} }}\n')
+    exe = source.with_suffix("")
+    done = subprocess.run([*compiler, "-std=c++17", f"-I{HLS_DIR}", str(source), "-o", str(exe)], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
 
 
 def test_regmap_header_is_generated_from_regmap() -> None:
@@ -99,10 +120,11 @@ def test_preprocessor_expands_the_offset_pragmas() -> None:
     ]
 
 
-def test_axi_masters_follow_the_register_map() -> None:
+def test_axi_masters_follow_the_register_map(header_constants: dict[str, int]) -> None:
     maxi = interface("m_axi")
     assert {port: kv["bundle"] for port, kv in maxi.items()} == regmap.M_AXI_BUNDLES
-    depth = header_constant("COSIM_DEPTH")
+    depth = header_constants["COSIM_DEPTH"]
+    assert header_constants["COSIM_DEPTH_BLOCKS"] == depth // DEFAULT.block
     largest = max(case.n for case in golden.cases())
     assert depth >= largest and depth % DEFAULT.block == 0
     for port, kv in maxi.items():
@@ -123,21 +145,20 @@ def test_dataflow_pipelines_and_streams() -> None:
     streams = {kv["variable"]: int(kv["depth"]) for head, kv in pragmas if head == "STREAM"}
     assert streams["moments"] >= 2 * DEFAULT.block, "store waits for a whole block: compute runs a block ahead"
     body = source[source.index("#pragma HLS DATAFLOW") :]
-    assert re.findall(r"^  (\w+)\(", body, re.M) == ["load", "compute", "store"]
+    assert re.findall(r"^  (?!HETADAM_PRAGMA)(\w+)\(", body, re.M) == ["load", "compute", "store"]
 
 
-def test_kernel_constants_are_the_spec() -> None:
+def test_kernel_constants_are_the_spec(header_constants: dict[str, int]) -> None:
+    """hetadam_adam.h takes the format from the generated adam_format.h (tests/test_formats_render.py checks that
+    it is current), so the compiled constants are DEFAULT's and the spec's."""
     f = DEFAULT
-    assert header_constant("BLOCK") == f.block
-    assert header_constant("G_MAG") == f.g_bits - 1
-    assert header_constant("M_MAG") == f.m_bits - 1
-    assert header_constant("S_BITS") == f.s_bits
-    assert header_constant("EPS_BITS") == formats.EPS_BITS
-    assert header_constant("WORK_FRAC") == formats.WORK_FRAC
-    assert header_constant("EXTRA_FRAC") == formats.EXTRA_FRAC
-    assert header_constant("COEF_FRAC") == formats.COEF_FRAC
-    assert header_constant("RATIO_FRAC") == formats.RATIO_FRAC
-    assert header_constant("EXP_ZERO") == formats.EXP_ZERO
-    assert re.search(rf"INDEX_MUL = 0x{lfsr.INDEX_MUL:08X}u;", HEADER.read_text())
+    assert HLS_FORMAT_HEADER.read_text() == formats_render.render_c_header()
+    want = {
+        "BLOCK": f.block, "G_MAG": f.g_bits - 1, "M_MAG": f.m_bits - 1, "S_BITS": f.s_bits,
+        "EPS_BITS": formats.EPS_BITS, "WORK_FRAC": formats.WORK_FRAC, "EXTRA_FRAC": formats.EXTRA_FRAC,
+        "COEF_FRAC": formats.COEF_FRAC, "RATIO_FRAC": formats.RATIO_FRAC, "EXP_ZERO": formats.EXP_ZERO,
+        "M_MAX": f.m_max, "S_MAX": f.s_max, "INDEX_MUL": lfsr.INDEX_MUL,
+    }  # fmt: skip
+    assert {k: header_constants[k] for k in want} == want
     n_scalars = re.search(r"constexpr int N_SCALARS = (\d+);", TESTBENCH.read_text()).group(1)
     assert int(n_scalars) == len(regmap.SCALARS)

@@ -34,7 +34,7 @@ from hetadam.backends.base import BackendError, BackendUnavailable
 from hetadam.driver import AdamDriver, DriverError
 from hetadam.driver.fake import FakeTransport
 from hetadam.driver.state import ResidentState
-from hetadam.numerics import DEFAULT, adam_step, encode_step
+from hetadam.numerics import DEFAULT, FixedFormat, adam_step, encode_step
 from hetadam.numerics.convert import quantize_grad, state_from_float
 
 pytest.importorskip("pynq", reason="pynq is not installed (pip install 'hetadam[pynq]')")
@@ -449,6 +449,22 @@ def test_from_overlay_wants_exactly_one_kernel(board: SimpleNamespace, count: in
         board.ip_dict[f"hetadam_adam_{i}"] = ip_description(RTL_VLNV)
     with pytest.raises(DriverError, match=r"hetadam\.bit: expected one hetadam_adam IP .* found \["):
         driver_pynq.PynqTransport.from_overlay("hetadam.bit")
+
+
+def test_pynq_backend_refuses_a_format_the_overlay_was_not_built_for(
+    board: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hetadam.backends.pynq import PynqBackend
+
+    monkeypatch.setenv("HETADAM_KERNEL_FORMAT", "b32-g16-m8-s8")
+    backend = PynqBackend(bitfile="hetadam.bit")
+    try:
+        want = r"implements the format b32-g16-m8-s8, not b32-g16-m16-s16: .* FORMAT=b32-g16-m16-s16"
+        with pytest.raises(ValueError, match=want):
+            backend.create_shard(0, 100, "fixed", DEFAULT)
+        backend.create_shard(0, 100, "fixed", FixedFormat(m_bits=8, s_bits=8, p_frac=20)).close()
+    finally:
+        backend.close()
 
 
 @pytest.mark.filterwarnings("ignore:No devices found")

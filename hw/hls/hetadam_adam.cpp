@@ -19,7 +19,7 @@
 #include "hetadam_fifo.h"
 
 // Pragmas whose values come from macros (the register offsets generated from
-// host/hetadam/regmap.py): the argument is expanded before it is stringised.
+// host/hetadam/regmap.py, the sizes of adam_format.h): the argument is expanded before it is stringised.
 #define HETADAM_PRAGMA_SUB(x) _Pragma(#x)
 #define HETADAM_PRAGMA(x) HETADAM_PRAGMA_SUB(x)
 
@@ -120,7 +120,7 @@ void load(uint32_t n, const int32_t *p, const int16_t *g, const uint32_t *ms, co
 load_elems:
   for (uint32_t i = 0; i < n; ++i) {
 #pragma HLS PIPELINE II=1
-#pragma HLS LOOP_TRIPCOUNT min=1 max=4128
+    HETADAM_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=HETADAM_COSIM_DEPTH)
     if (i % BLOCK == 0) ex_in.write(ex[i / BLOCK]);
     elem_in e;
     e.p = p[i];
@@ -144,7 +144,7 @@ void compute(uint32_t n, uint32_t idx0, uint32_t seed, uint32_t beta1, uint32_t 
 compute_elems:
   for (uint32_t i = 0; i < n; ++i) {
 #pragma HLS PIPELINE II=1
-#pragma HLS LOOP_TRIPCOUNT min=1 max=4128
+    HETADAM_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=HETADAM_COSIM_DEPTH)
     if (i % BLOCK == 0) {  // step 1: the block's working exponent
       const uint32_t word = ex_in.read();
       const int32_t eg = exp_field(word, 0), em = exp_field(word, 8), es = exp_field(word, 16);
@@ -215,7 +215,7 @@ void store(uint32_t n, uint32_t idx0, uint32_t seed, uint32_t mode, fifo<elem_ou
 store_elems:
   for (uint32_t i = 0; i < n; ++i) {
 #pragma HLS PIPELINE II=1
-#pragma HLS LOOP_TRIPCOUNT min=1 max=4128
+    HETADAM_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=HETADAM_COSIM_DEPTH)
     if (i % BLOCK == 0) {  // step 7: the block's new exponents, once its peaks are known
       const block_out blk = blocks.read();
       m_len = bit_length(blk.m_peak);
@@ -267,10 +267,10 @@ extern "C" void hetadam_adam(uint32_t n, uint32_t idx0, uint32_t seed, uint32_t 
   HETADAM_PRAGMA(HLS INTERFACE s_axilite port=g offset=HETADAM_REG_G bundle=control)
   HETADAM_PRAGMA(HLS INTERFACE s_axilite port=ms offset=HETADAM_REG_MS bundle=control)
   HETADAM_PRAGMA(HLS INTERFACE s_axilite port=ex offset=HETADAM_REG_EX bundle=control)
-#pragma HLS INTERFACE m_axi port=p bundle=gmem_p offset=slave depth=4128 max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=16 num_write_outstanding=16 latency=64
-#pragma HLS INTERFACE m_axi port=g bundle=gmem_g offset=slave depth=4128 max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=16 num_write_outstanding=16 latency=64
-#pragma HLS INTERFACE m_axi port=ms bundle=gmem_ms offset=slave depth=4128 max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=16 num_write_outstanding=16 latency=64
-#pragma HLS INTERFACE m_axi port=ex bundle=gmem_ex offset=slave depth=129 max_read_burst_length=16 max_write_burst_length=16 num_read_outstanding=4 num_write_outstanding=4 latency=64
+  HETADAM_PRAGMA(HLS INTERFACE m_axi port=p bundle=gmem_p offset=slave depth=HETADAM_COSIM_DEPTH max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=16 num_write_outstanding=16 latency=64)
+  HETADAM_PRAGMA(HLS INTERFACE m_axi port=g bundle=gmem_g offset=slave depth=HETADAM_COSIM_DEPTH max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=16 num_write_outstanding=16 latency=64)
+  HETADAM_PRAGMA(HLS INTERFACE m_axi port=ms bundle=gmem_ms offset=slave depth=HETADAM_COSIM_DEPTH max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=16 num_write_outstanding=16 latency=64)
+  HETADAM_PRAGMA(HLS INTERFACE m_axi port=ex bundle=gmem_ex offset=slave depth=HETADAM_COSIM_DEPTH_BLOCKS max_read_burst_length=16 max_write_burst_length=16 num_read_outstanding=4 num_write_outstanding=4 latency=64)
 #pragma HLS DATAFLOW
   using namespace hetadam;
   fifo<uint32_t> ex_in;
@@ -279,7 +279,7 @@ extern "C" void hetadam_adam(uint32_t n, uint32_t idx0, uint32_t seed, uint32_t 
   fifo<block_out> blocks;
 #pragma HLS STREAM variable=ex_in depth=4
 #pragma HLS STREAM variable=elems depth=64
-#pragma HLS STREAM variable=moments depth=64
+  HETADAM_PRAGMA(HLS STREAM variable=moments depth=HETADAM_MOMENTS_DEPTH)
 #pragma HLS STREAM variable=blocks depth=2
   load(n, p, g, ms, ex, ex_in, elems);
   compute(n, idx0, seed, beta1, beta2, eps_m, eps_e, alpha_m, alpha_sh, ratio_max, lwd, mode, sat_count, ex_in,

@@ -10,32 +10,37 @@
 
 #include <cstdint>
 
+#include "adam_format.h"
+
 namespace hetadam {
 
-// The DEFAULT format of host/hetadam/numerics/formats.py.
-constexpr int BLOCK = 32;        // elements per shared exponent
-constexpr int G_MAG = 15;        // g_bits - 1
-constexpr int M_MAG = 15;        // m_bits - 1
-constexpr int S_BITS = 16;       // s_bits
-constexpr int EPS_BITS = 15;     // eps mantissa width
-constexpr int WORK_FRAC = 16;    // aligned moments lie below 2**WORK_FRAC
-constexpr int EXTRA_FRAC = 10;   // m' and s' keep 10 more fraction bits
-constexpr int COEF_FRAC = 20;    // beta1, beta2 are Q0.20
-constexpr int RATIO_FRAC = 20;   // the ratio is Q7.20
-constexpr int EXP_ZERO = -128;   // exponent of an all-zero block
-constexpr int32_t M_MAX = (1 << M_MAG) - 1;
-constexpr int32_t S_MAX = (1 << S_BITS) - 1;
+// The format: hw/hls/adam_format.h, generated from host/hetadam/numerics/formats.py. Its widths are
+// DEFAULT's unless the build defines them (-DHETADAM_BLOCK=... and so on: the hls-csim backend builds one
+// library per format, `make hls FORMAT=...` passes them to Vitis HLS).
+constexpr int BLOCK = HETADAM_BLOCK;            // elements per shared exponent
+constexpr int G_MAG = HETADAM_G_MAG;            // g_bits - 1
+constexpr int M_MAG = HETADAM_M_MAG;            // m_bits - 1
+constexpr int S_BITS = HETADAM_S_BITS;          // s_bits
+constexpr int EPS_BITS = HETADAM_EPS_BITS;      // eps mantissa width
+constexpr int WORK_FRAC = HETADAM_WORK_FRAC;    // aligned moments lie below 2**WORK_FRAC
+constexpr int EXTRA_FRAC = HETADAM_EXTRA_FRAC;  // m' and s' keep EXTRA_FRAC more fraction bits
+constexpr int COEF_FRAC = HETADAM_COEF_FRAC;    // beta1, beta2 are Q0.COEF_FRAC
+constexpr int RATIO_FRAC = HETADAM_RATIO_FRAC;  // the ratio has RATIO_FRAC fraction bits
+constexpr int EXP_ZERO = HETADAM_EXP_ZERO;      // exponent of an all-zero block
+constexpr int32_t M_MAX = HETADAM_M_MAX;
+constexpr int32_t S_MAX = HETADAM_S_MAX;
 constexpr int64_t P_MAX = (int64_t(1) << 31) - 1;
 constexpr uint32_t MODE_STOCHASTIC = 1;
 
 // The stochastic-rounding LFSR of host/hetadam/numerics/lfsr.py.
-constexpr uint32_t INDEX_MUL = 0x9E3779B9u;
+constexpr uint32_t INDEX_MUL = HETADAM_INDEX_MUL;
 
 // Largest run the co-simulation exercises: the m_axi `depth` of the element
 // arrays (p, g, ms) and of the block array (ex). The testbench allocates
 // arrays of at least this size (co-simulation transfers `depth` words).
-constexpr uint32_t COSIM_DEPTH = 4128;
-constexpr uint32_t COSIM_DEPTH_BLOCKS = COSIM_DEPTH / BLOCK;
+constexpr uint32_t COSIM_DEPTH = HETADAM_COSIM_DEPTH;
+constexpr uint32_t COSIM_DEPTH_BLOCKS = HETADAM_COSIM_DEPTH_BLOCKS;
+static_assert(COSIM_DEPTH_BLOCKS * BLOCK == COSIM_DEPTH, "the cosim depth is whole blocks");
 
 }  // namespace hetadam
 

@@ -38,8 +38,12 @@
  *                          integer square root and quotient from correctly rounded
  *                          double sqrt and division (exact for its operand ranges,
  *                          see fixed.py); otherwise integer arithmetic only
- *   FX_BLOCK, FX_G_MAG, FX_M_MAG, FX_S_BITS   the fixed format (default: DEFAULT,
- *                          block 32, g_bits-1 = m_bits-1 = 15, s_bits = 16)
+ *   HETADAM_BLOCK, HETADAM_G_BITS, HETADAM_M_BITS, HETADAM_S_BITS
+ *                          the fixed format's widths (default: DEFAULT's); the
+ *                          format's constants are in adam_format.h, generated
+ *                          from host/hetadam/numerics/formats.py (build with
+ *                          -I hw/opencl, or put its text before this file's, as
+ *                          host/hetadam/backends/opencl.py does)
  *   HETADAM_WG=n           __attribute__((reqd_work_group_size(n, 1, 1)))
  *   HETADAM_INTEL_FPGA     single work-item kernels (max_global_work_dim(0)),
  *                          loops pipelined at II=1
@@ -150,29 +154,24 @@ HETADAM_KERNEL void hetadam_adam_fp32(
 
 /* ---- fixed -------------------------------------------------------------- */
 
-#ifndef FX_BLOCK
-#define FX_BLOCK 32
+#ifndef HETADAM_ADAM_FORMAT_H
+#include "adam_format.h"
 #endif
-#ifndef FX_G_MAG
-#define FX_G_MAG 15 /* g_bits - 1 */
-#endif
-#ifndef FX_M_MAG
-#define FX_M_MAG 15 /* m_bits - 1 */
-#endif
-#ifndef FX_S_BITS
-#define FX_S_BITS 16
-#endif
-#define FX_M_MAX ((1L << FX_M_MAG) - 1)
-#define FX_S_MAX ((1L << FX_S_BITS) - 1)
+#define FX_BLOCK HETADAM_BLOCK
+#define FX_G_MAG HETADAM_G_MAG
+#define FX_M_MAG HETADAM_M_MAG
+#define FX_S_BITS HETADAM_S_BITS
+#define FX_M_MAX ((long)HETADAM_M_MAX)
+#define FX_S_MAX ((long)HETADAM_S_MAX)
 #define FX_P_MAX 2147483647L
 
-#define WORK_FRAC 16
-#define EXTRA_FRAC 10
-#define COEF_FRAC 20
-#define RATIO_FRAC 20
-#define EPS_BITS 15
-#define EXP_ZERO (-128)
-#define INDEX_MUL 0x9E3779B9u
+#define WORK_FRAC HETADAM_WORK_FRAC
+#define EXTRA_FRAC HETADAM_EXTRA_FRAC
+#define COEF_FRAC HETADAM_COEF_FRAC
+#define RATIO_FRAC HETADAM_RATIO_FRAC
+#define EPS_BITS HETADAM_EPS_BITS
+#define EXP_ZERO HETADAM_EXP_ZERO
+#define INDEX_MUL HETADAM_INDEX_MUL
 
 /* Per-element clamps and maxima as plain selects: PoCL calls its library for
  * the 64-bit min/max/clamp builtins, at a third of the kernel's speed. */

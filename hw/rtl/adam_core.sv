@@ -1,6 +1,7 @@
 // The streaming Adam core: joins the input streams (p, g, ms beats of LANES
-// elements; one ex word per block of 32), runs LANES adam_lane pipelines and
-// quantises each block's new moments through a two-bank block store.
+// elements; one ex word per block of BLOCK), runs LANES adam_lane pipelines and
+// quantises each block's new moments through a two-bank block store to
+// M_BITS and S_BITS (step 7 of the spec).
 //
 // The pipeline never stalls: a beat enters only when every output FIFO has a
 // credit for it (credits = FIFO depth - beats in flight or queued), so the
@@ -10,7 +11,11 @@
 module adam_core #(
     parameter int LANES = 1,
     parameter int OUT_DEPTH_LOG2 = 7,   // p and ms output FIFOs (beats)
-    parameter int EX_DEPTH_LOG2 = 5     // ex output FIFO (blocks)
+    parameter int EX_DEPTH_LOG2 = 5,    // ex output FIFO (blocks)
+    parameter int BLOCK = adam_format_pkg::BLOCK,    // the format (hetadam_adam checks it)
+    parameter int G_BITS = adam_format_pkg::G_BITS,
+    parameter int M_BITS = adam_format_pkg::M_BITS,
+    parameter int S_BITS = adam_format_pkg::S_BITS
 ) (
     input  wire logic                  clk,
     input  wire logic                  rst,
@@ -65,20 +70,32 @@ module adam_core #(
     output      logic [31:0]           sat_count
 );
 
-  localparam int BLOCK = 32;
   localparam int NB = BLOCK / LANES;                 // beats per block
   localparam int NB_W = $clog2(NB) + 1;
   localparam int LANE_W = $clog2(LANES) + 1;
   localparam int M_T = 30;                           // adam_lane: new moments
   localparam int P_T = 65;                           // adam_lane: new parameter
-  localparam int ST_W = 27 + 26 + 11 + 10;           // block-store word per lane
-  localparam logic [31:0] INDEX_MUL = 32'h9E3779B9;
+  localparam int MS_W = adam_format_pkg::WORK_FRAC + adam_format_pkg::EXTRA_FRAC;  // |m'|, s' < 2**26
+  localparam int M_MAG = M_BITS - 1;
+  localparam int UM_W = MS_W - M_MAG;                // rounding bits of m' and s' (adam_lane's u_m, u_s)
+  localparam int US_W = MS_W - S_BITS;
+  localparam int ST_W = (MS_W + 1) + MS_W + UM_W + US_W;  // block-store word per lane: m', s', u_m, u_s
+  localparam logic signed [31:0] M_MAX = 32'((1 << M_MAG) - 1);
+  localparam logic signed [31:0] S_MAX = 32'((1 << S_BITS) - 1);
+  localparam logic signed [8:0] EXP_OFF = 9'(MS_W);  // em' = ew - 26 + L
+  localparam logic [7:0] EXP_ZERO = 8'(adam_format_pkg::EXP_ZERO);
+  localparam logic [31:0] INDEX_MUL = adam_format_pkg::INDEX_MUL;
   localparam logic [OUT_DEPTH_LOG2:0] OUT_CRED = 1 << OUT_DEPTH_LOG2;
   localparam logic [EX_DEPTH_LOG2:0] EX_CRED = 1 << EX_DEPTH_LOG2;
 
 `ifndef __ICARUS__  // Icarus 11 reads no elaboration-time $fatal (a syntax error); Verilator and Vivado do
-  if (LANES < 1 || LANES > BLOCK || BLOCK % LANES != 0 || (LANES & (LANES - 1)) != 0) begin : g_check_lanes
-    $fatal(0, "Error: LANES = %0d; it must be a power of two dividing the block of %0d (instance %m)", LANES, BLOCK);
+  if (LANES < 1 || 2 * LANES > BLOCK || BLOCK % LANES != 0 || (LANES & (LANES - 1)) != 0) begin : g_check_lanes
+    $fatal(0, "Error: LANES = %0d; it must be a power of two, at most half the block of %0d (instance %m)", LANES,
+           BLOCK);
+  end
+  if (adam_format_pkg::WORK_FRAC != 16 || adam_format_pkg::EXTRA_FRAC != 10 || adam_format_pkg::EPS_BITS != 15)
+  begin : g_check_spec
+    $fatal(0, "Error: the block header and store are sized for WORK_FRAC 16, EXTRA_FRAC 10, EPS_BITS 15 (instance %m)");
   end
 `endif
 
@@ -201,19 +218,19 @@ module adam_core #(
 
   logic [27*LANES-1:0] m_new;
   logic [26*LANES-1:0] s_new;
-  logic [11*LANES-1:0] u_m;
-  logic [10*LANES-1:0] u_s;
+  logic [UM_W*LANES-1:0] u_m;
+  logic [US_W*LANES-1:0] u_s;
   logic [32*LANES-1:0] p_new;
   logic [LANES-1:0] sat;
 
   for (genvar l = 0; l < LANES; l++) begin : g_lane
-    adam_lane u_lane (
+    adam_lane #(.G_BITS(G_BITS), .M_BITS(M_BITS), .S_BITS(S_BITS)) u_lane (
         .clk(clk),
-        .beta1(beta1[19:0]), .beta2(beta2[19:0]), .alpha_m(alpha_m[23:0]), .alpha_sh(alpha_sh[5:0]),
+        .beta1(beta1[19:0]), .beta2(beta2[19:0]), .alpha_m(alpha_m[adam_format_pkg::ALPHA_BITS-1:0]), .alpha_sh(alpha_sh[5:0]),
         .ratio_max(ratio_max[26:0]), .lwd(lwd), .stochastic(mode[0]),
         .p(p0[32*l +: 32]), .g(g0[16*l +: 16]), .m(ms0[32*l +: 16]), .s(ms0[32*l+16 +: 16]),
         .dg(h0_dg), .dm(h0_dm), .ds(h0_ds), .eweps(h0_eps), .x0(x0[32*l +: 32]),
-        .m_new(m_new[27*l +: 27]), .s_new(s_new[26*l +: 26]), .u_m(u_m[11*l +: 11]), .u_s(u_s[10*l +: 10]),
+        .m_new(m_new[27*l +: 27]), .s_new(s_new[26*l +: 26]), .u_m(u_m[UM_W*l +: UM_W]), .u_s(u_s[US_W*l +: US_W]),
         .p_new(p_new[32*l +: 32]), .sat(sat[l]));
   end
 
@@ -283,7 +300,7 @@ module adam_core #(
       ma = m_new[27*l + 26] ? 27'(-m_new[27*l +: 27]) : m_new[27*l +: 27];
       if (mask_m[l] && ma[25:0] > mmax_beat) mmax_beat = ma[25:0];
       if (mask_m[l] && s_new[26*l +: 26] > smax_beat) smax_beat = s_new[26*l +: 26];
-      st_word[ST_W*l +: ST_W] = {m_new[27*l +: 27], s_new[26*l +: 26], u_m[11*l +: 11], u_s[10*l +: 10]};
+      st_word[ST_W*l +: ST_W] = {m_new[27*l +: 27], s_new[26*l +: 26], u_m[UM_W*l +: UM_W], u_s[US_W*l +: US_W]};
     end
   end
 
@@ -323,10 +340,11 @@ module adam_core #(
   wire logic [4:0] lm = bitlen26(req_mmax);
   wire logic [4:0] ls = bitlen26(req_smax);
   /* verilator lint_off UNUSEDSIGNAL */  // new exponents lie in [-126, 127]
-  wire logic signed [8:0] em_new = $signed({req_ew[7], req_ew}) - 9'sd26 + $signed({4'd0, lm});
-  wire logic signed [8:0] es_new = $signed({req_ew[7], req_ew}) - 9'sd26 + $signed({4'd0, ls});
+  wire logic signed [8:0] em_new = $signed({req_ew[7], req_ew}) - EXP_OFF + $signed({4'd0, lm});
+  wire logic signed [8:0] es_new = $signed({req_ew[7], req_ew}) - EXP_OFF + $signed({4'd0, ls});
   /* verilator lint_on UNUSEDSIGNAL */
-  wire logic [31:0] ex_word = {8'd0, (ls == 5'd0) ? 8'h80 : es_new[7:0], (lm == 5'd0) ? 8'h80 : em_new[7:0], req_eg};
+  wire logic [31:0] ex_word = {8'd0, (ls == 5'd0) ? EXP_ZERO : es_new[7:0], (lm == 5'd0) ? EXP_ZERO : em_new[7:0],
+                               req_eg};
 
   always_ff @(posedge clk) begin
     if (v_m) begin
@@ -404,14 +422,14 @@ module adam_core #(
     end
   end
 
-  // round(x, k, u): nearest even, or stochastic with the low k bits of u
+  // round(x, k, u): nearest even, or stochastic with the low k bits of u (k <= 25)
   function automatic logic signed [31:0] round_sh(input logic signed [31:0] x, input logic [4:0] k,
-                                                  input logic [10:0] u, input logic stoch);
+                                                  input logic [31:0] u, input logic stoch);
     logic signed [31:0] add;
     if (k == 5'd0) begin
       add = '0;
     end else if (stoch) begin
-      add = $signed({21'd0, u & 11'((12'd1 << k) - 12'd1)});
+      add = $signed(u & ((32'd1 << k) - 32'd1));
     end else begin
       add = (32'sd1 <<< (k - 5'd1)) - 32'sd1 + ((x >>> k) & 32'sd1);
     end
@@ -421,8 +439,8 @@ module adam_core #(
   logic [32*LANES-1:0] q_word;
   logic signed [26:0] mv;
   logic [25:0] sv;
-  logic [10:0] umv;
-  logic [9:0] usv;
+  logic [UM_W-1:0] umv;
+  logic [US_W-1:0] usv;
   logic signed [31:0] mq, sq;
   always_comb begin
     {mv, sv, umv, usv} = '0;
@@ -430,18 +448,18 @@ module adam_core #(
     sq = '0;
     for (int l = 0; l < LANES; l++) begin
       {mv, sv, umv, usv} = rd_word[ST_W*l +: ST_W];
-      if (rd_lm <= 5'd15) begin
-        mq = {{5{mv[26]}}, mv} <<< (5'd15 - rd_lm);
+      if (rd_lm <= 5'(M_MAG)) begin
+        mq = {{5{mv[26]}}, mv} <<< (5'(M_MAG) - rd_lm);
       end else begin
-        mq = round_sh({{5{mv[26]}}, mv}, rd_lm - 5'd15, umv, stoch_r);
-        if (mq > 32'sd32767) mq = 32'sd32767;
-        if (mq < -32'sd32767) mq = -32'sd32767;
+        mq = round_sh({{5{mv[26]}}, mv}, rd_lm - 5'(M_MAG), 32'(umv), stoch_r);
+        if (mq > M_MAX) mq = M_MAX;
+        if (mq < -M_MAX) mq = -M_MAX;
       end
-      if (rd_ls <= 5'd16) begin
-        sq = {6'd0, sv} << (5'd16 - rd_ls);
+      if (rd_ls <= 5'(S_BITS)) begin
+        sq = {6'd0, sv} << (5'(S_BITS) - rd_ls);
       end else begin
-        sq = round_sh({6'd0, sv}, rd_ls - 5'd16, {1'b0, usv}, stoch_r);
-        if (sq > 32'sd65535) sq = 32'sd65535;
+        sq = round_sh({6'd0, sv}, rd_ls - 5'(S_BITS), 32'(usv), stoch_r);
+        if (sq > S_MAX) sq = S_MAX;
       end
       q_word[32*l +: 32] = {sq[15:0], mq[15:0]};
     end

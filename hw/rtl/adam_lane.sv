@@ -10,15 +10,23 @@
 //   t61     ratio r, clamped to +-ratio_max
 //   t62-t64 ALPHA_M * r, rounded right shift by ALPHA_SH (nearest even or stochastic)
 //   t65     P' = sat(P - decay - step)          -> P_T
+//
+// The format's widths (G_BITS, M_BITS, S_BITS) set only the alignment shifts at t1
+// and the width of the rounding bits u_m, u_s; the datapath itself works at the
+// spec's fixed working precision (adam_format_pkg: WORK_FRAC, EXTRA_FRAC, ...).
 `default_nettype none
 
-module adam_lane (
+module adam_lane #(
+    parameter int G_BITS = adam_format_pkg::G_BITS,  // gradient mantissa bits
+    parameter int M_BITS = adam_format_pkg::M_BITS,  // first-moment mantissa bits
+    parameter int S_BITS = adam_format_pkg::S_BITS   // root-second-moment mantissa bits
+) (
     input  wire logic               clk,
 
     // scalars, constant during a run
     input  wire logic [19:0]        beta1,
     input  wire logic [19:0]        beta2,
-    input  wire logic [23:0]        alpha_m,
+    input  wire logic [adam_format_pkg::ALPHA_BITS-1:0] alpha_m,
     input  wire logic [5:0]         alpha_sh,
     input  wire logic [26:0]        ratio_max,
     input  wire logic [31:0]        lwd,
@@ -38,8 +46,9 @@ module adam_lane (
     // the new moments (t30)
     output      logic signed [26:0] m_new,
     output      logic [25:0]        s_new,
-    output      logic [10:0]        u_m,
-    output      logic [9:0]         u_s,
+    // the bits the block store rounds m' and s' with: their widest shift from 26 bits to M_BITS - 1 or S_BITS
+    output      logic [adam_format_pkg::WORK_FRAC + adam_format_pkg::EXTRA_FRAC - M_BITS:0]     u_m,
+    output      logic [adam_format_pkg::WORK_FRAC + adam_format_pkg::EXTRA_FRAC - S_BITS - 1:0] u_s,
 
     // the new parameter (t65)
     output      logic signed [31:0] p_new,
@@ -47,6 +56,19 @@ module adam_lane (
 );
 
   localparam int M_T = 30;          // adam_core assumes M_T = 30 and P_T = 65
+  localparam int UM_W = adam_format_pkg::WORK_FRAC + adam_format_pkg::EXTRA_FRAC + 1 - M_BITS;  // u_m's width
+  localparam int US_W = adam_format_pkg::WORK_FRAC + adam_format_pkg::EXTRA_FRAC - S_BITS;      // u_s's width
+  localparam int G_UP = adam_format_pkg::WORK_FRAC - (G_BITS - 1);  // step 2: align(X, w, e) shifts X up
+  localparam int M_UP = adam_format_pkg::WORK_FRAC - (M_BITS - 1);  // by WORK_FRAC - w first
+  localparam int S_UP = adam_format_pkg::WORK_FRAC - S_BITS;
+  localparam int M_SH = adam_format_pkg::COEF_FRAC - adam_format_pkg::EXTRA_FRAC;  // step 3: rshr(..., 10)
+
+`ifndef __ICARUS__  // Icarus 11 reads no elaboration-time $fatal (a syntax error); Verilator and Vivado do
+  if (adam_format_pkg::WORK_FRAC != 16 || adam_format_pkg::EXTRA_FRAC != 10 || adam_format_pkg::COEF_FRAC != 20 ||
+      adam_format_pkg::RATIO_FRAC != 20 || adam_format_pkg::ALPHA_BITS != 24) begin : g_check_spec
+    $fatal(0, "Error: the lane's registers are sized for WORK_FRAC 16, EXTRA_FRAC 10, COEF_FRAC 20, RATIO_FRAC 20, ALPHA_BITS 24 (instance %m)");
+  end
+`endif
 
   // rshr(x, d) = (x + 2**(d-1)) >> d, arithmetic
   function automatic logic signed [16:0] rshr17(input logic signed [16:0] x, input logic [4:0] d);
@@ -81,9 +103,9 @@ module adam_lane (
   logic signed [31:0] p_t1;
 
   always_ff @(posedge clk) begin
-    gw_t1 <= rshr17({g, 1'b0}, dg);
-    mw_t1 <= rshr17({m, 1'b0}, dm);
-    sw_t1 <= rshr16u(s, ds);
+    gw_t1 <= rshr17(17'(g) <<< G_UP, dg);
+    mw_t1 <= rshr17(17'(m) <<< M_UP, dm);
+    sw_t1 <= rshr16u(s << S_UP, ds);
     up_t1 <= xs32(x0);
     pl_t1 <= 65'(p) * $signed({33'd0, lwd});
     p_t1 <= p;
@@ -133,7 +155,7 @@ module adam_lane (
   logic signed [26:0] m_t4;
   logic [51:0] v_t4;
   /* verilator lint_off UNUSEDSIGNAL */  // values are narrower than the arithmetic
-  wire logic signed [39:0] m_round = (acc_t3 + 40'sd512) >>> 10;
+  wire logic signed [39:0] m_round = (acc_t3 + (40'sd1 <<< (M_SH - 1))) >>> M_SH;
   /* verilator lint_on UNUSEDSIGNAL */
   /* verilator lint_off UNUSEDSIGNAL */  // values are narrower than the arithmetic
   wire logic [52:0] v_sum = vs_t3 + vg_t3;
@@ -152,8 +174,8 @@ module adam_lane (
   adam_isqrt #(.RW(26)) u_isqrt (.clk(clk), .x(v_t4), .root(s_t30));
   adam_delay #(.WIDTH(27), .DEPTH(M_T - 4)) u_dly_m (.clk(clk), .d(m_t4), .q(m_t30));
   adam_delay #(.WIDTH(26), .DEPTH(M_T)) u_dly_eps (.clk(clk), .d(eweps), .q(eweps_t30));
-  adam_delay #(.WIDTH(11), .DEPTH(M_T - 2)) u_dly_um (.clk(clk), .d(um_t2[10:0]), .q(u_m));
-  adam_delay #(.WIDTH(10), .DEPTH(M_T - 3)) u_dly_us (.clk(clk), .d(us_t3[9:0]), .q(u_s));
+  adam_delay #(.WIDTH(UM_W), .DEPTH(M_T - 2)) u_dly_um (.clk(clk), .d(um_t2[UM_W-1:0]), .q(u_m));
+  adam_delay #(.WIDTH(US_W), .DEPTH(M_T - 3)) u_dly_us (.clk(clk), .d(us_t3[US_W-1:0]), .q(u_s));
 
   assign m_new = m_t30;
   assign s_new = s_t30;
@@ -177,7 +199,7 @@ module adam_lane (
   logic [27:0] q_t60;
   logic ovf_t60, neg_t60, nz_t60;
 
-  adam_div #(.AW(26), .DW(27), .SH(20), .QW(28)) u_div (
+  adam_div #(.AW(26), .DW(27), .SH(adam_format_pkg::RATIO_FRAC), .QW(28)) u_div (
       .clk(clk), .am(am_t31), .den(den_t31), .q(q_t60), .ovf(ovf_t60));
   adam_delay #(.WIDTH(2), .DEPTH(29)) u_dly_sign (
       .clk(clk), .d({neg_t31, nz_t31}), .q({neg_t60, nz_t60}));

@@ -4,13 +4,19 @@
 // elements wide, ex is 32 bits, and no bus is narrower than 32 bits (AXI
 // SmartConnect's narrowest endpoint): at LANES = 1 the g bus carries two
 // gradients a beat. Each array base must be aligned to its bus width (64-byte
-// alignment always is).
+// alignment always is). The fixed format's widths are parameters too, DEFAULT's
+// unless a build sets them (adam_format_pkg, generated from
+// host/hetadam/numerics/formats.py; the memory layout is the same for every format).
 `default_nettype none
 
 module hetadam_adam #(
     parameter int LANES = 1,            // 1, 2, 4, 8 or 16 elements per clock
     parameter int BURST_LOG2 = 6,       // AXI bursts of up to 64 beats
-    parameter int RD_FIFO_LOG2 = 7      // read FIFOs (beats)
+    parameter int RD_FIFO_LOG2 = 7,     // read FIFOs (beats)
+    parameter int BLOCK = adam_format_pkg::BLOCK,    // elements per shared exponent: a power of two, 32 to 4096
+    parameter int G_BITS = adam_format_pkg::G_BITS,  // gradient mantissa bits, 2 to 16
+    parameter int M_BITS = adam_format_pkg::M_BITS,  // first-moment mantissa bits, 2 to 16
+    parameter int S_BITS = adam_format_pkg::S_BITS   // root-second-moment mantissa bits, 1 to 16
 ) (
     input  wire logic         ap_clk,
     input  wire logic         ap_rst_n,
@@ -217,6 +223,16 @@ module hetadam_adam #(
   if (BURST_LOG2 < 0 || BURST_LOG2 > 8) begin : g_check_burst
     $fatal(0, "Error: BURST_LOG2 = %0d; AXI4 bursts are 1 to 256 beats, so 0 to 8 (instance %m)", BURST_LOG2);
   end
+  if (BLOCK < adam_format_pkg::BLOCK_MIN || BLOCK > adam_format_pkg::BLOCK_MAX || (BLOCK & (BLOCK - 1)) != 0)
+  begin : g_check_block
+    $fatal(0, "Error: BLOCK = %0d; it must be a power of two from %0d to %0d (instance %m)", BLOCK,
+           adam_format_pkg::BLOCK_MIN, adam_format_pkg::BLOCK_MAX);
+  end
+  if (G_BITS < 2 || G_BITS > adam_format_pkg::CONTAINER_BITS || M_BITS < 2 || M_BITS > adam_format_pkg::CONTAINER_BITS
+      || S_BITS < 1 || S_BITS > adam_format_pkg::CONTAINER_BITS) begin : g_check_bits
+    $fatal(0, "Error: G_BITS = %0d, M_BITS = %0d, S_BITS = %0d; G and M take 2 to %0d bits, S 1 to %0d (instance %m)",
+           G_BITS, M_BITS, S_BITS, adam_format_pkg::CONTAINER_BITS, adam_format_pkg::CONTAINER_BITS);
+  end
   if (RD_FIFO_LOG2 < BURST_LOG2) begin : g_check_fifo
     $fatal(0, "Error: RD_FIFO_LOG2 = %0d is below BURST_LOG2 = %0d: a read FIFO must hold a whole burst (instance %m)",
            RD_FIFO_LOG2, BURST_LOG2);
@@ -298,7 +314,7 @@ module hetadam_adam #(
     if (state == S_LATCH) begin
       nbeat <= ({1'b0, r_n} + 33'(LANES - 1)) >> LANE_LOG2;
       gbeat <= ({1'b0, r_n} + 33'(G_ELEMS - 1)) >> $clog2(G_ELEMS);
-      nblk <= ({1'b0, r_n} + 33'd31) >> 5;
+      nblk <= ({1'b0, r_n} + 33'(BLOCK - 1)) >> $clog2(BLOCK);
       for (int l = 0; l < LANES; l++) begin
         // lanes of the last beat that hold elements
         last_strb_32[4*l +: 4] <= (LANE_LOG2 == 0 || 32'(l) <= ((r_n - 32'd1) & 32'(LANES - 1))) ? 4'hF : 4'h0;
@@ -324,7 +340,10 @@ module hetadam_adam #(
   logic [OUT_DEPTH_LOG2:0] p_wr_count, ms_wr_count;
   logic [EX_DEPTH_LOG2:0] ex_wr_count;
 
-  adam_core #(.LANES(LANES), .OUT_DEPTH_LOG2(OUT_DEPTH_LOG2), .EX_DEPTH_LOG2(EX_DEPTH_LOG2)) u_core (
+  adam_core #(
+      .LANES(LANES), .OUT_DEPTH_LOG2(OUT_DEPTH_LOG2), .EX_DEPTH_LOG2(EX_DEPTH_LOG2),
+      .BLOCK(BLOCK), .G_BITS(G_BITS), .M_BITS(M_BITS), .S_BITS(S_BITS)
+  ) u_core (
       .clk(ap_clk), .rst(rst), .start(go),
       .n(r_n), .idx0(r_idx0), .seed(r_seed), .beta1(r_beta1), .beta2(r_beta2),
       .eps_m(r_eps_m), .eps_e(r_eps_e), .alpha_m(r_alpha_m), .alpha_sh(r_alpha_sh),

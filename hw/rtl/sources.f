@@ -1,3 +1,4 @@
+adam_format_pkg.sv
 adam_regmap_pkg.sv
 adam_fifo.sv
 adam_delay.sv

@@ -6,7 +6,8 @@ C++17 without vendor headers), so training with it exercises the kernel's
 arithmetic on real workloads. The library is built on first use with `$CXX`
 (else g++, c++ or clang++) and cached under build/hls-csim/ in the source tree
 (or ~/.cache/hetadam/hls-csim/ when that is not writable), keyed by a hash of
-the sources, the compiler and the flags. Concurrent processes build it once:
+the sources, the compiler, the flags and the format (one library per format's
+widths, -DHETADAM_BLOCK=... from formats_render.c_defines). Concurrent processes build it once:
 the build holds a file lock and publishes the library by an atomic rename.
 
 The kernel updates p, ms and ex in place, so `HlsCsimKernel` keeps two sets of
@@ -25,21 +26,23 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import regmap
 from ..filelock import file_lock
+from ..formats_render import c_defines
 from ..numerics import DEFAULT, FixedFormat, FixedState
 from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
-from ..numerics.formats import n_blocks
+from ..numerics.formats import hardware_problem, n_blocks
 from ..numerics.scalars import StepScalars
-from .base import Availability, Backend, BackendUnavailable, FixedKernel, FixedShard, Shard
+from .base import Availability, Backend, BackendError, BackendUnavailable, FixedKernel, FixedShard, Shard
 
 ROOT = Path(__file__).resolve().parents[3]
 HLS_DIR = ROOT / "hw" / "hls"
-SOURCES = ("hetadam_adam.cpp", "hetadam_adam.h", "hetadam_fifo.h", "adam_regmap.h")
+SOURCES = ("hetadam_adam.cpp", "hetadam_adam.h", "hetadam_fifo.h", "adam_regmap.h", "adam_format.h")
 """Every file the library is built from (the first is the one compiled)."""
 CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-label")
 COMPILERS = ("g++", "c++", "clang++")
@@ -79,23 +82,25 @@ def cache_dir() -> Path:
     return base / "hetadam" / "hls-csim"
 
 
-def _build_key(compiler: list[str]) -> str:
+def _build_key(compiler: list[str], defines: list[str]) -> str:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=False).stdout
     digest = hashlib.sha256()
-    for part in (*compiler, version, *CXXFLAGS):
+    for part in (*compiler, version, *CXXFLAGS, *defines):
         digest.update(part.encode() + b"\0")
     for name in SOURCES:
         digest.update(name.encode() + b"\0" + (HLS_DIR / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def build_library(compiler: list[str] | None = None, directory: Path | None = None) -> Path:
-    """The shared library of the kernel, compiled unless a cached build of the same sources exists."""
+def build_library(compiler: list[str] | None = None, directory: Path | None = None, fmt: FixedFormat = DEFAULT) -> Path:
+    """The shared library of the kernel for `fmt`'s widths, compiled unless a cached build of the same
+    sources and widths exists."""
     compiler = compiler or find_compiler()
     if compiler is None:
         raise BuildError("no C++ compiler found ($CXX, " + ", ".join(COMPILERS) + ")")
     directory = directory or cache_dir()
-    library = directory / f"hetadam_adam-{_build_key(compiler)}.so"
+    defines = c_defines(fmt)
+    library = directory / f"hetadam_adam-{_build_key(compiler, defines)}.so"
     if library.exists():
         return library
     directory.mkdir(parents=True, exist_ok=True)
@@ -103,7 +108,7 @@ def build_library(compiler: list[str] | None = None, directory: Path | None = No
         if library.exists():  # built by another process while this one waited
             return library
         partial = directory / f".{library.name}.{os.getpid()}.tmp"
-        cmd = [*compiler, *CXXFLAGS, f"-I{HLS_DIR}", str(HLS_DIR / SOURCES[0]), "-o", str(partial)]
+        cmd = [*compiler, *CXXFLAGS, *defines, f"-I{HLS_DIR}", str(HLS_DIR / SOURCES[0]), "-o", str(partial)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0 or not partial.exists():
             partial.unlink(missing_ok=True)
@@ -127,10 +132,14 @@ def build_problem(compiler: tuple[str, ...]) -> str | None:
     return None
 
 
+def load_kernel(fmt: FixedFormat = DEFAULT) -> Callable[..., None]:
+    """`hetadam_adam` for `fmt`'s widths from the (built on first use) shared library, with its C signature."""
+    return _load_kernel(replace(fmt, p_frac=DEFAULT.p_frac))  # the kernel never sees p_frac
+
+
 @functools.cache
-def load_kernel() -> Callable[..., None]:
-    """`hetadam_adam` from the (built on first use) shared library, with its C signature."""
-    fn = getattr(ctypes.CDLL(str(build_library())), regmap.KERNEL_NAME)
+def _load_kernel(fmt: FixedFormat) -> Callable[..., None]:
+    fn = getattr(ctypes.CDLL(str(build_library(fmt=fmt))), regmap.KERNEL_NAME)
     u32, ptr = ctypes.c_uint32, ctypes.c_void_p
     scalars = [ctypes.c_int32 if name == "eps_e" else u32 for name in regmap.SCALARS]
     fn.argtypes = [*scalars, ctypes.POINTER(u32), ptr, ptr, ptr, ptr]  # sat_count, p, g, ms, ex
@@ -161,11 +170,15 @@ class HlsCsimKernel(FixedKernel):
     """The HLS kernel over two buffer sets: `run` writes the pending set, `commit` swaps."""
 
     def __init__(self, n: int, fmt: FixedFormat = DEFAULT) -> None:
-        if fmt != DEFAULT:
-            raise ValueError(f"the HLS kernel implements the format {DEFAULT.name}, not {fmt.name}")
+        problem = hardware_problem(fmt)
+        if problem is not None:
+            raise ValueError(f"the HLS kernel cannot be built for the format {fmt.name}: {problem}")
         self.n = n
         self.fmt = fmt
-        self.kernel = load_kernel()
+        try:
+            self.kernel = load_kernel(fmt)
+        except (BuildError, OSError) as exc:
+            raise BackendError(f"backend 'hls-csim' could not build the HLS kernel for {fmt.name}: {exc}") from exc
         nb = n_blocks(n, fmt.block)
         self.sets = (_Buffers(n, nb), _Buffers(n, nb))
         self.current = 0

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 from torch.autograd.graph import increment_version
 
+from ..formats_render import c_defines
 from ..numerics import DEFAULT, FixedFormat, FixedState
 from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
 from ..numerics.fast import floats_differ, quantize_grad_fast
-from ..numerics.formats import n_blocks
+from ..numerics.formats import hardware_problem, n_blocks
 from ..numerics.scalars import StepScalars
 from .base import (
     Availability,
@@ -61,6 +62,8 @@ except ImportError:  # the backend reports itself unusable
     cl = None
 
 SOURCE = Path(__file__).resolve().parents[3] / "hw" / "opencl" / "adam.cl"
+FORMAT_HEADER = SOURCE.with_name("adam_format.h")
+"""Generated from numerics/formats.py; put before adam.cl's text, so that no -I path needs quoting."""
 ENV_PLATFORM = "HETADAM_OPENCL_PLATFORM"
 ENV_DEVICE = "HETADAM_OPENCL_DEVICE"
 VEC = 8
@@ -227,7 +230,8 @@ class _Device:
     def program(self, options: tuple[str, ...]) -> cl.Program:
         """adam.cl built with `options`, once per context."""
         if options not in self._programs:
-            self._programs[options] = cl.Program(self.context, SOURCE.read_text()).build(options=list(options))
+            source = FORMAT_HEADER.read_text() + SOURCE.read_text()
+            self._programs[options] = cl.Program(self.context, source).build(options=list(options))
         return self._programs[options]
 
     def close(self) -> None:
@@ -282,12 +286,10 @@ class OpenCLFixedKernel(FixedKernel):
     def __init__(self, dev: _Device, n: int, fmt: FixedFormat, chunk: int = CHUNK) -> None:
         self.dev, self.n, self.fmt = dev, n, fmt
         self.nb = n_blocks(n, fmt.block)
-        opts = [
-            f"-DFX_BLOCK={fmt.block}",
-            f"-DFX_G_MAG={fmt.g_bits - 1}",
-            f"-DFX_M_MAG={fmt.m_bits - 1}",
-            f"-DFX_S_BITS={fmt.s_bits}",
-        ]
+        problem = hardware_problem(fmt)
+        if problem is not None:
+            raise ValueError(f"the OpenCL kernel cannot be built for the format {fmt.name}: {problem}")
+        opts = c_defines(fmt)
         if dev.fp64:
             opts.append("-DHETADAM_FP64")
         self.kernel = cl.Kernel(dev.program(tuple(opts)), "hetadam_adam")

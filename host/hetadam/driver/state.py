@@ -29,7 +29,7 @@ import numpy as np
 
 from ..numerics import DEFAULT, FixedFormat, FixedState
 from ..numerics.convert import pack_ex, pack_ms, unpack_ex, unpack_ms
-from ..numerics.formats import n_blocks
+from ..numerics.formats import hardware_problem, n_blocks
 from ..numerics.scalars import StepScalars
 from . import AdamDriver, Buffer
 
@@ -63,8 +63,9 @@ class ResidentState:
     Methods follow `hetadam.backends.base.FixedKernel`; failures raise DriverError."""
 
     def __init__(self, driver: AdamDriver, n: int, fmt: FixedFormat = DEFAULT, *, chunk: int = DEFAULT_CHUNK) -> None:
-        if fmt != DEFAULT:
-            raise ValueError(f"the kernel implements the format {DEFAULT.name} only, not {fmt.name}")
+        problem = hardware_problem(fmt)  # which format the kernel was built for, its backend knows
+        if problem is not None:
+            raise ValueError(f"no kernel implements the format {fmt.name}: {problem}")
         if chunk < fmt.block or chunk % fmt.block:
             raise ValueError(f"chunk={chunk} must be a positive multiple of the block size {fmt.block}")
         self.driver = driver

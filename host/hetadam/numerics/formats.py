@@ -14,8 +14,15 @@ parameter is a plain two's-complement fixed-point number.
 so every mantissa holds |x| < 2**e. A block whose values are all zero has the
 exponent ``EXP_ZERO`` (-128). Exponents are int8.
 
-The hardware kernels (HLS, OpenCL, RTL) implement ``DEFAULT``; the NumPy model
-takes any ``FixedFormat`` so the numerics study can sweep widths.
+The NumPy model takes any ``FixedFormat`` so the numerics study can sweep
+widths. The hardware kernels (HLS, OpenCL, RTL) are built for one format at a
+time: ``DEFAULT`` unless the build says otherwise. Their containers are fixed
+(P int32, G and M int16, S uint16, one exponent word per block), so a format
+reaches them through four widths, ``kernel_generics(fmt)``, and any format that
+``hardware_problem`` accepts builds on every backend. ``p_frac`` is not among
+them: the kernels never see it (the host folds it into the step's alpha_t).
+The constants below and those widths are rendered into the kernels' sources
+by ``python -m hetadam.formats_render``.
 """
 
 from __future__ import annotations
@@ -88,9 +95,58 @@ class FixedFormat:
     def name(self) -> str:
         return f"b{self.block}-g{self.g_bits}-m{self.m_bits}-s{self.s_bits}-q{31 - self.p_frac}.{self.p_frac}"
 
+    @property
+    def hardware_name(self) -> str:
+        """The widths a kernel build depends on (``name`` without the parameter format), e.g. b32-g16-m8-s8."""
+        return f"b{self.block}-g{self.g_bits}-m{self.m_bits}-s{self.s_bits}"
+
+    @classmethod
+    def parse(cls, text: str) -> FixedFormat:
+        """The format named `text`: ``name`` or ``hardware_name`` (then p_frac is DEFAULT's),
+        e.g. "b32-g16-m8-s8" or "b32-g16-m16-s16-q15.16". ValueError for anything else."""
+        fields = {"b": "block", "g": "g_bits", "m": "m_bits", "s": "s_bits"}
+        values: dict[str, int] = {}
+        try:
+            for part in text.strip().split("-"):
+                if part[:1] == "q" and "." in part:
+                    whole, frac = (int(x) for x in part[1:].split("."))
+                    if whole + frac != 31:  # Q<int>.<frac> of an int32
+                        raise ValueError(part)
+                    values["p_frac"] = frac
+                else:
+                    values[fields[part[:1]]] = int(part[1:])
+        except (KeyError, IndexError, ValueError):
+            values = {}
+        if set(values) - {"p_frac"} != set(fields.values()):
+            raise ValueError(
+                f"format {text!r}: expected b<block>-g<bits>-m<bits>-s<bits>[-q<int>.<frac>], e.g. {DEFAULT.name}"
+            )
+        return cls(**values)
+
 
 DEFAULT = FixedFormat()
-"""The format the hardware kernels implement (chosen by scripts/numerics_study.py)."""
+"""The format the hardware kernels implement unless a build names another (chosen from the numerics study
+and the co-design sweep: docs/numerics.md)."""
+
+HW_BLOCK_MIN = 32
+"""The kernels' smallest block: the RTL block store holds two beats of every block at 16 lanes."""
+HW_BLOCK_MAX = 4096
+"""The kernels' largest block (the HLS and RTL block buffers, the OpenCL work-item's arrays)."""
+
+
+def kernel_generics(fmt: FixedFormat) -> dict[str, int]:
+    """The widths a kernel build takes: SV parameters of hetadam_adam (-G / chparam / Vivado generics),
+    C and OpenCL macros HETADAM_<NAME> (-D). hardware_problem(fmt) must be None."""
+    return {"BLOCK": fmt.block, "G_BITS": fmt.g_bits, "M_BITS": fmt.m_bits, "S_BITS": fmt.s_bits}
+
+
+def hardware_problem(fmt: FixedFormat) -> str | None:
+    """Why the hardware kernels cannot be built for `fmt`, or None when they can (every width that
+    FixedFormat accepts fits the kernels' containers; the block is the constraint)."""
+    b = fmt.block
+    if b & (b - 1) or not HW_BLOCK_MIN <= b <= HW_BLOCK_MAX:
+        return f"block {b}: the hardware kernels take a power of two from {HW_BLOCK_MIN} to {HW_BLOCK_MAX}"
+    return None
 
 
 def n_blocks(n: int, block: int = DEFAULT.block) -> int:

@@ -27,6 +27,7 @@ of step K with the new gradient's exponents in ex bits 7:0.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -156,25 +157,27 @@ def _hyper(**kw: float) -> dict[str, float]:
 
 
 def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
-    """Every golden case: edge cases first, then random multi-step sequences."""
+    """Every golden case of `fmt`: edge cases first, then random multi-step sequences."""
     rng = np.random.default_rng(seed)
     B = fmt.block
+    run = functools.partial(run_case, fmt=fmt)  # every case runs the model in fmt
 
     def enc(step: int, **kw: float | int | bool) -> StepScalars:
         hyper = _hyper(**{k: v for k, v in kw.items() if k in ("lr", "beta1", "beta2", "eps", "weight_decay")})
         rest = {k: v for k, v in kw.items() if k not in hyper}
         return encode_step(step=step, fmt=fmt, **hyper, **rest)
 
-    yield run_case(
+    yield run(
         "zeros", FixedState.zeros(2 * B, fmt), [(np.zeros(2 * B, np.int16), np.full(2, EXP_ZERO, np.int8))], [enc(1)]
     )
 
     st = FixedState.zeros(1, fmt)
     st.P[:] = 1 << 24
-    yield run_case("one_element", st, [(np.array([12345], np.int16), np.array([-3], np.int8))], [enc(1)])
+    G = np.array([min(12345, fmt.g_max)], np.int16)
+    yield run("one_element", st, [(G, np.array([-3], np.int8))], [enc(1)])
 
     n = B + 5
-    yield run_case("partial_block", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(3)], idx0=B)
+    yield run("partial_block", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(3)], idx0=B)
 
     # Largest and smallest representable values, exponents at both ends.
     n = 4 * B
@@ -187,7 +190,7 @@ def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
     )
     G = np.resize(np.array([fmt.g_max, -fmt.g_max, 0, 1, -1, 7], np.int16), n)
     eg = np.array([EXP_MAX, EXP_MIN, EXP_ZERO, -60], np.int8)
-    yield run_case("extremes", st, [(G, eg)], [enc(1)])
+    yield run("extremes", st, [(G, eg)], [enc(1)])
 
     # Saturation: parameters at the rails pushed outwards, ratios beyond 128.
     n = 2 * B
@@ -198,30 +201,30 @@ def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
     st.es[:] = [-40, EXP_ZERO]
     G = np.where(np.arange(n) % 2, -fmt.g_max, fmt.g_max).astype(np.int16)
     G[B:] = 0  # no gradient, no s: the ratio saturates
-    yield run_case("saturation", st, [(G, np.array([-1, EXP_ZERO], np.int8))], [enc(5, lr=1.0, eps=2.0**-90)])
+    yield run("saturation", st, [(G, np.array([-1, EXP_ZERO], np.int8))], [enc(5, lr=1.0, eps=2.0**-90)])
 
     n = 3 * B
     for name, lo, hi in (("tiny_grads", -127, -110), ("huge_grads", 110, 127)):
         st = random_state(rng, n, fmt, lo, hi)
-        yield run_case(name, st, [random_grad(rng, n, fmt, lo, hi)], [enc(2)])
+        yield run(name, st, [random_grad(rng, n, fmt, lo, hi)], [enc(2)])
 
     n = 5 * B
-    yield run_case("step_one", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(1)])
-    yield run_case("step_million", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(10**6)])
-    yield run_case(
+    yield run("step_one", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(1)])
+    yield run("step_million", random_state(rng, n, fmt), [random_grad(rng, n, fmt)], [enc(10**6)])
+    yield run(
         "adamw_decay",
         random_state(rng, n, fmt),
         [random_grad(rng, n, fmt)],
         [enc(7, lr=3e-3, weight_decay=0.1, decoupled_weight_decay=True)],
     )
-    yield run_case(
+    yield run(
         "stochastic",
         random_state(rng, n, fmt),
         [random_grad(rng, n, fmt)],
         [enc(9, stochastic=True, seed=0xC0FFEE)],
         idx0=7 * B,
     )
-    yield run_case(
+    yield run(
         "lr_tiny",
         random_state(rng, n, fmt),
         [random_grad(rng, n, fmt)],
@@ -234,7 +237,7 @@ def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
             "beta2": float(rng.uniform(0.5, 0.9999)),
             "eps": float(10 ** rng.uniform(-12, -3)),
         }
-        yield run_case(
+        yield run(
             f"random_hyper_{i}",
             random_state(rng, n, fmt),
             [random_grad(rng, n, fmt)],
@@ -247,10 +250,10 @@ def cases(fmt: FixedFormat = DEFAULT, seed: int = 2024) -> Iterator[Case]:
         scalars = [enc(t, stochastic=stochastic, seed=99, **wd) for t in range(1, steps + 1)]
         st = FixedState.zeros(n, fmt)
         st.P[:] = rng.integers(-(1 << 24), 1 << 24, n)
-        yield run_case(name, st, grads, scalars, idx0=64 * B)
+        yield run(name, st, grads, scalars, idx0=64 * B)
 
     n = 4096 + 3
-    yield run_case(
+    yield run(
         "large",
         FixedState.zeros(n, fmt),
         _float_grads(rng, n, 3, fmt),
@@ -353,9 +356,14 @@ def cached(root: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the golden vectors of the fixed kernel.")
     parser.add_argument("directory", type=Path)
+    parser.add_argument("--format", default=DEFAULT.name, help=f"the format's name (default {DEFAULT.name})")
     args = parser.parse_args(argv)
-    paths = write_all(args.directory)
-    print(f"wrote {len(paths)} golden cases to {args.directory}")
+    try:
+        fmt = FixedFormat.parse(args.format)
+    except ValueError as exc:
+        parser.error(str(exc))
+    paths = write_all(args.directory, fmt)
+    print(f"wrote {len(paths)} golden cases of {fmt.name} to {args.directory}")
     return 0
 
 
