@@ -419,7 +419,8 @@ def test_board_flow_builds_the_block_design(tree: Path, board: str, kernel: str)
     assert (out / "hetadam.hwh").read_text() == "hwh"
     report = json.loads((out / "reports" / f"build_{kernel}.json").read_text())
     assert report == {
-        "board": board, "kernel": kernel, "part": part, "clock_mhz_requested": mhz, "clock_mhz_actual": mhz,
+        "board": board, "kernel": kernel, "format": "default", "part": part, "clock_mhz_requested": mhz,
+        "clock_mhz_actual": mhz,
         "wns_ns": 0.25, "whs_ns": 0.031, "timing_met": True,
     }  # fmt: skip
     if kernel == "rtl":
@@ -531,6 +532,62 @@ def test_board_flow_honours_hetadam_part_and_clock(tree: Path) -> None:
     assert report["part"] == "xc7z010clg400-1" and report["clock_mhz_requested"] == 50
 
 
+NARROW = {"HETADAM_FORMAT": "b32-g16-m8-s8", "HETADAM_FORMAT_GENERICS": "BLOCK=32 G_BITS=16 M_BITS=8 S_BITS=8"}
+"""A FORMAT as mk/hls.mk hands it to both flows."""
+
+
+@needs_tclsh
+def test_hls_flow_builds_a_format_into_its_own_folder(tree: Path) -> None:
+    calls, error = run_tcl(tree.parent, tree / "hw" / "hls" / "run_hls.tcl", {"HETADAM_STEP": "csynth", **NARROW})
+    assert not error
+    for call in find(calls, "add_files"):
+        flags = option(call, "-cflags").split()
+        assert flags[-4:] == ["-DHETADAM_BLOCK=32", "-DHETADAM_G_BITS=16", "-DHETADAM_M_BITS=8", "-DHETADAM_S_BITS=8"]
+    assert (tree / "build" / "hls" / "xc7z020clg400-1-b32-g16-m8-s8" / "reports").is_dir()
+    assert not (tree / "build" / "hls" / "xc7z020clg400-1").exists(), "the default's IP stays as it was"
+
+
+@needs_tclsh
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"HETADAM_FORMAT": "b32-g16-m8-s8"}, "go together"),
+     ({**NARROW, "HETADAM_FORMAT_GENERICS": "BLOCK=32 M_BITS=eight"}, "'M_BITS=eight' is not one of")],
+)  # fmt: skip
+def test_both_flows_refuse_a_half_given_format(tree: Path, env: dict[str, str], message: str) -> None:
+    prepare_board_run(tree, "zcu104", "rtl")
+    for script in (tree / "hw" / "hls" / "run_hls.tcl", tree.joinpath(*BUILD_TCL)):
+        _, error = run_tcl(tree.parent, script, {"HETADAM_STEP": "csynth", "HETADAM_BOARD": "zcu104", **env})
+        assert message in error, script.name
+
+
+@needs_tclsh
+def test_board_flow_sets_the_rtl_kernels_format_and_records_it(tree: Path) -> None:
+    prepare_board_run(tree, "zcu104", "rtl")
+    env = {"HETADAM_BOARD": "zcu104", "HETADAM_KERNEL": "rtl", **NARROW}
+    calls, error = run_tcl(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert not error
+    generics = "CONFIG.BLOCK 32 CONFIG.G_BITS 16 CONFIG.M_BITS 8 CONFIG.S_BITS 8"
+    assert ["-dict", generics, "hetadam"] in find(calls, "set_property")
+    report = json.loads((tree / "build" / "boards" / "zcu104" / "reports" / "build_rtl.json").read_text())
+    assert report["format"] == "b32-g16-m8-s8"
+
+
+@needs_tclsh
+def test_board_flow_takes_the_hls_ip_of_the_format(tree: Path) -> None:
+    prepare_board_run(tree, "zcu104", "hls")  # the default format's IP only
+    env = {"HETADAM_BOARD": "zcu104", "HETADAM_KERNEL": "hls", **NARROW}
+    _, error = run_tcl(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    folder = "xczu7ev-ffvc1156-2-e-b32-g16-m8-s8"
+    assert folder in error and "make hls-export BOARD=zcu104 FORMAT=b32-g16-m8-s8" in error
+    ip = tree / "build" / "hls" / folder / "hetadam_prj" / "sol" / "impl" / "ip"
+    ip.mkdir(parents=True)
+    (ip / "component.xml").write_text("")
+    calls, error = run_tcl(tree.parent, tree.joinpath(*BUILD_TCL), env)
+    assert not error
+    assert [ip.as_posix()] == [c[1] for c in find(calls, "set_property") if c[0] == "ip_repo_paths"]
+    assert not [c for c in find(calls, "set_property") if c[-1] == "hetadam"], "the HLS IP is built for it already"
+
+
 @needs_tclsh
 def test_board_flow_wants_the_hls_ip_of_the_part_it_builds_for(tree: Path) -> None:
     prepare_board_run(tree, "pynq-z2", "hls")  # the IP of the board's part only
@@ -602,6 +659,21 @@ def test_make_bitstream_runs_vivado_on_the_board_flow() -> None:
     assert done.returncode == 0, done.stderr
     assert "HETADAM_BOARD=kv260 HETADAM_KERNEL=rtl" in done.stdout
     assert re.search(r"true -mode batch .*-source \S*hw/boards/build\.tcl", done.stdout)
+
+
+@needs_make
+def test_make_hands_the_format_to_both_flows_and_refuses_one_no_kernel_takes() -> None:
+    args = ["-n", "bitstream", "BOARD=zcu104", "KERNEL=hls", "VIVADO=true", "VITIS_HLS=true", "FORMAT=b32-g16-m8-s8"]
+    done, _ = run_make(*args)
+    assert done.returncode == 0, done.stderr
+    handed = 'HETADAM_FORMAT=b32-g16-m8-s8 HETADAM_FORMAT_GENERICS="BLOCK=32 G_BITS=16 M_BITS=8 S_BITS=8"'
+    assert re.search(rf"HETADAM_STEP=export HETADAM_BOARD=zcu104 HETADAM_PART=\S+ {handed}", done.stdout)
+    assert re.search(rf"HETADAM_KERNEL=hls HETADAM_PART=\S+ {handed}", done.stdout)
+    done, _ = run_make("-n", "csim", "FORMAT=b32-g16-m8-s8")
+    assert "-DHETADAM_M_BITS=8" in done.stdout and "--format b32-g16-m8-s8 build/golden-b32-g16-m8-s8" in done.stdout
+    done, _ = run_make("-n", "bitstream", "BOARD=zcu104", "KERNEL=rtl", "VIVADO=true", "FORMAT=b48-g16-m8-s8")
+    assert done.returncode != 0
+    assert "FORMAT=b48-g16-m8-s8" in done.stderr and "power of two from 32 to 4096" in done.stderr
 
 
 @needs_make

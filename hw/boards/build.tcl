@@ -16,6 +16,11 @@
 #                   board files, which fix the board's own part, are then not used)
 #   HETADAM_CLOCK_MHZ  overrides the board's fabric clock (the HLS IP should be
 #                   synthesised for the same clock)
+#   HETADAM_FORMAT  a format's name (e.g. b32-g16-m8-s8; default: DEFAULT) with
+#                   HETADAM_FORMAT_GENERICS, its widths as NAME=VALUE words (`make
+#                   bitstream FORMAT=NAME` sets both): the RTL kernel's parameters, or
+#                   the HLS IP exported for that format (build/hls/<part>-<format>);
+#                   recorded in reports/build_<kernel>.json
 #
 # The design: the PS's general-purpose master drives the kernel's AXI4-Lite
 # control through a SmartConnect, at the board's ctrl_base; the kernel's four
@@ -54,6 +59,17 @@ source [file join $boards_dir package_rtl.tcl]
 set board_own_part $part
 set part [env_or HETADAM_PART $part]
 set clock_mhz [env_or HETADAM_CLOCK_MHZ $clock_mhz]
+set format [env_or HETADAM_FORMAT ""]
+set generics {}
+foreach word [env_or HETADAM_FORMAT_GENERICS ""] {
+    if {![regexp {^(BLOCK|G_BITS|M_BITS|S_BITS)=([0-9]+)$} $word -> name value]} {
+        error "HETADAM_FORMAT_GENERICS: '$word' is not one of BLOCK=, G_BITS=, M_BITS=, S_BITS= with a number"
+    }
+    lappend generics CONFIG.$name $value
+}
+if {($format eq "") != ([llength $generics] == 0)} {
+    error "HETADAM_FORMAT and HETADAM_FORMAT_GENERICS go together: `make bitstream FORMAT=<format>` sets both"
+}
 
 set out [file join $root build boards $board]
 set work [file join $out $kernel]
@@ -64,9 +80,11 @@ file delete -force [file join $out hetadam.bit] [file join $out hetadam.hwh]
 # The kernel IP.
 switch -- $kernel {
     hls {
-        set ip_repo [file join $root build hls $part hetadam_prj sol impl ip]
+        set hls_out [expr {$format eq "" ? $part : "$part-$format"}]
+        set ip_repo [file join $root build hls $hls_out hetadam_prj sol impl ip]
         if {![file exists [file join $ip_repo component.xml]]} {
-            error "no HLS IP for $part in $ip_repo: run `make hls-export BOARD=$board` first"
+            set also [expr {$format eq "" ? "" : " FORMAT=$format"}]
+            error "no HLS IP for $part in $ip_repo: run `make hls-export BOARD=$board$also` first"
         }
         set kernel_vlnv hetadam.org:hls:$hetadam_top:1.0
     }
@@ -122,6 +140,9 @@ set bd hetadam_bd
 create_bd_design $bd
 set pins [hetadam_create_ps $ps_kind $clock_mhz [expr {$board_part ne ""}] $hp_ports]
 create_bd_cell -type ip -vlnv $kernel_vlnv hetadam
+if {$kernel eq "rtl" && [llength $generics]} {
+    set_property -dict $generics [get_bd_cells hetadam]
+}
 create_bd_cell -type ip -vlnv [hetadam_ip_vlnv proc_sys_reset] rst
 set ctrl_sc [create_bd_cell -type ip -vlnv [hetadam_ip_vlnv smartconnect] ctrl_sc]
 set_property -dict [list CONFIG.NUM_SI 1 CONFIG.NUM_MI 2] $ctrl_sc
@@ -228,13 +249,15 @@ set fh [open $report w]
 puts $fh [format {{
   "board": "%s",
   "kernel": "%s",
+  "format": "%s",
   "part": "%s",
   "clock_mhz_requested": %s,
   "clock_mhz_actual": %s,
   "wns_ns": %s,
   "whs_ns": %s,
   "timing_met": %s
-}} $board $kernel $part $clock_mhz $clock_actual $slack(setup) $slack(hold) \
+}} $board $kernel [expr {$format eq "" ? "default" : $format}] $part $clock_mhz $clock_actual \
+    $slack(setup) $slack(hold) \
     [expr {[llength $failures] ? "false" : "true"}]]
 close $fh
 if {[llength $failures]} {

@@ -12,9 +12,14 @@
 #   HETADAM_PART       overrides the board's part
 #   HETADAM_CLOCK_MHZ  overrides the board's clock
 #   HETADAM_GOLDEN     the golden vectors for csim and cosim (default build/golden)
+#   HETADAM_FORMAT     a format's name (e.g. b32-g16-m8-s8; default: DEFAULT, the widths of
+#                      adam_format.h) and HETADAM_FORMAT_GENERICS its widths as NAME=VALUE
+#                      words (`python -m hetadam.formats_render --generics NAME` prints them;
+#                      `make hls FORMAT=NAME` sets both), passed to the compiler as -DHETADAM_NAME
 #
-# Output in build/hls/<part>/: the project (hetadam_prj/sol; the exported IP in
-# hetadam_prj/sol/impl/ip) and the reports, copied to build/hls/<part>/reports/.
+# Output in build/hls/<part>/ (build/hls/<part>-<format>/ for a FORMAT): the project
+# (hetadam_prj/sol; the exported IP in hetadam_prj/sol/impl/ip) and the reports, copied to
+# its reports/.
 
 set hls_dir [file dirname [file normalize [info script]]]
 set root [file dirname [file dirname $hls_dir]]
@@ -40,19 +45,30 @@ source $board_tcl
 set part [env_or HETADAM_PART $part]
 set clock_mhz [env_or HETADAM_CLOCK_MHZ $clock_mhz]
 set golden [env_or HETADAM_GOLDEN [file join $root build golden]]
+set format [env_or HETADAM_FORMAT ""]
+set defines {}
+foreach word [env_or HETADAM_FORMAT_GENERICS ""] {
+    if {![regexp {^(BLOCK|G_BITS|M_BITS|S_BITS)=([0-9]+)$} $word -> name value]} {
+        error "HETADAM_FORMAT_GENERICS: '$word' is not one of BLOCK=, G_BITS=, M_BITS=, S_BITS= with a number"
+    }
+    lappend defines -DHETADAM_$name=$value
+}
+if {($format eq "") != ([llength $defines] == 0)} {
+    error "HETADAM_FORMAT and HETADAM_FORMAT_GENERICS go together: `make hls FORMAT=<format>` sets both"
+}
 set vectors [lsort [glob -nocomplain -directory $golden *.vec]]
 if {$step in {csim cosim all} && [llength $vectors] == 0} {
     error "no golden vectors in $golden: run `make csim` (or python -m hetadam.numerics.golden $golden) first"
 }
 
-set out [file join $root build hls $part]
+set out [file join $root build hls [expr {$format eq "" ? $part : "$part-$format"}]]
 set reports [file join $out reports]
 file mkdir $reports
 cd $out
 
 open_project -reset hetadam_prj
 set_top hetadam_adam
-set cflags "-std=c++14 -I$hls_dir"
+set cflags [join [list -std=c++14 -I$hls_dir {*}$defines]]
 add_files [file join $hls_dir hetadam_adam.cpp] -cflags $cflags
 add_files -tb [file join $hls_dir hetadam_adam_tb.cpp] -cflags $cflags
 open_solution -reset sol -flow_target vivado
@@ -95,5 +111,6 @@ if {$step in {export all}} {
     export_design -format ip_catalog
     puts "hetadam: IP repository [file join $out hetadam_prj sol impl ip]"
 }
-puts "hetadam: $step for $part at $clock_mhz MHz done; reports in $reports"
+puts "hetadam: $step for $part at $clock_mhz MHz[expr {$format eq "" ? "" : ", format $format"}] done; reports in\
+      $reports"
 exit
