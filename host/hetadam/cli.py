@@ -114,7 +114,6 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--short-steps", type=int, default=20, help="steps of the shortened runs (rtl-sim)")
     train.add_argument("--report", default="", help="write a report with plots into this directory")
     train.add_argument("--json", default="", help="write the results to this JSON file")
     train.set_defaults(func=cmd_train)
