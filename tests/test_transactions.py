@@ -448,7 +448,7 @@ def test_an_opencl_fp32_step_failing_in_its_second_chunk_leaves_the_state_as_it_
 @pytest.mark.slow
 def test_ctrl_c_during_an_rtl_sim_step_leaves_the_simulator_in_step() -> None:
     """Ctrl-C while the simulator is mid-request: the request ends on its worker
-    thread, so the socket protocol stays in step; the step is not applied and
+    thread, so the simulated bus stays in step; the step is not applied and
     the next steps are bit-exact with cpu's (they used to fail with "kernel is
     not idle")."""
     available = backends.availability("rtl-sim")
