@@ -116,8 +116,6 @@ BACKENDS: list[BackendInfo] = [
         make=lambda: backends.create("rtl-sim", timeout=120.0, chunk=128),
         skip_reason=_registered("rtl-sim"),
         chunk=128,
-        slow=True,
-        marks=(pytest.mark.slow,),
     ),
     BackendInfo("driver-fake", ("fixed",), make=lambda: FakeDriverBackend(chunk=64), chunk=64),
 ]

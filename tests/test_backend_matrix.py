@@ -344,7 +344,7 @@ def test_an_empty_shard_steps_and_exports_nothing(info: BackendInfo, numerics: s
 REGISTERED_FIXED = [
     p
     for p in params_over_backends("fixed", exclude=("cpu",))
-    if p.values[0].name in backends.NAMES and not p.values[0].slow  # rtl-sim trains in test_rtl_sim.py
+    if p.values[0].name in backends.NAMES and not p.values[0].slow  # a slow simulator trains in its own tests
 ]
 
 
