@@ -423,7 +423,8 @@ class Device {
     if (!started_) return;
     const uint32_t value = poll(deadline);
     sticky_ |= value & control_.events;  // the host's next read of the register gets them
-    if (control_.busy(value)) throw Refused("the kernel is still running a run started earlier; the transfer waited in vain");
+    if (control_.busy(value))
+      throw Refused("the kernel is still running a run started earlier; the transfer waited in vain");
     started_ = false;
   }
 
@@ -437,11 +438,12 @@ class Device {
       t->s_axi_control_AWVALID = !aw && (t->s_axi_control_AWVALID || !random_.pause(ctrl_pause));
       t->s_axi_control_WVALID = !w && (t->s_axi_control_WVALID || !random_.pause(ctrl_pause));
       t->s_axi_control_BREADY = aw && w && !random_.pause(ctrl_pause);
-      const Lite h = lite_cycle(i, "write of register " + hex(offset));
+      const Lite h = lite_cycle(i, "write", offset);
       aw |= h.aw, w |= h.w;
       if (h.b) {
         lite_idle();
-        if (h.resp) throw Failure("the write of register " + hex(offset) + " was answered BRESP " + std::to_string(h.resp));
+        if (h.resp)
+          throw Failure("the write of register " + hex(offset) + " was answered BRESP " + std::to_string(h.resp));
         return;
       }
     }
@@ -454,11 +456,12 @@ class Device {
     for (uint64_t i = 0;; ++i) {
       t->s_axi_control_ARVALID = !ar && (t->s_axi_control_ARVALID || !random_.pause(ctrl_pause));
       t->s_axi_control_RREADY = ar && !random_.pause(ctrl_pause);
-      const Lite h = lite_cycle(i, "read of register " + hex(offset));
+      const Lite h = lite_cycle(i, "read", offset);
       ar |= h.ar;
       if (h.r) {
         lite_idle();
-        if (h.resp) throw Failure("the read of register " + hex(offset) + " was answered RRESP " + std::to_string(h.resp));
+        if (h.resp)
+          throw Failure("the read of register " + hex(offset) + " was answered RRESP " + std::to_string(h.resp));
         return h.data;
       }
     }
@@ -476,9 +479,10 @@ class Device {
     t->s_axi_control_ARVALID = t->s_axi_control_RREADY = 0;
   }
 
-  Lite lite_cycle(uint64_t i, const std::string& what) {
+  Lite lite_cycle(uint64_t i, const char* access, uint32_t offset) {
     if (i >= LITE_CLOCKS)
-      throw Failure("the " + what + " did not complete within " + std::to_string(LITE_CLOCKS) + " clocks");
+      throw Failure(std::string("the ") + access + " of register " + hex(offset) + " did not complete within " +
+                    std::to_string(LITE_CLOCKS) + " clocks");
     return cycle();
   }
 

@@ -41,8 +41,6 @@ from . import Buffer, DriverError, Transport
 ALIGN = 4096
 POLL_SLICE = 0.25
 """Seconds one read of a busy CTRL may simulate before it returns what it read."""
-ADDRESS_LIMIT = 1 << 48
-"""The simulated address space (bytes): the harness refuses transfers beyond it."""
 CLOSED = "the simulated device is closed; create a new optimizer/backend"
 
 _u32, _u64, _dev = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p
@@ -94,9 +92,10 @@ class SimTransport(Transport):
     """One simulated kernel (the harness library at `library`), reset and ready.
 
     `timeout`: seconds a buffer transfer waits for a run the host started and
-    left (see the module docstring). `backpressure` pauses every ready and valid of the memory and of the
-    control port at random, with that probability per clock (0 to 1), from
-    `seed`; the results are the same, the simulation slower."""
+    left (see the module docstring). `backpressure` pauses every ready and
+    valid of the memory and of the control port at random, with that
+    probability per clock (0 to 1), from `seed`; the results are the same,
+    the simulation slower."""
 
     name = "rtl-sim"
     interrupts = True
