@@ -85,6 +85,12 @@ def assert_as_if_never_tried(gs: list[list[torch.nn.Parameter]], opt: HetAdam, n
 Action = Callable[[Callable[[list[Segment], StepHyper], int], list[Segment], StepHyper], int]
 
 
+def ctrl_c_to_main_thread() -> None:
+    """SIGINT to the main thread, as a terminal's Ctrl-C reaches a Python process
+    (signal.raise_signal from a worker would stay with the worker's thread)."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
 def inject(shard: Shard, action: Action, *, fallible: bool = True) -> Callable[[], None]:
     """Make `shard.step` run `action(step, segments, hyper)`, as the share of a
     backend that can fail (so it never runs in place) unless `fallible` is
@@ -150,19 +156,22 @@ def test_ctrl_c_while_a_backend_is_mid_step_changes_nothing(numerics: str) -> No
     opt = make(gs, numerics)
     run(opt, gs, range(2))
     before = snapshot(gs, opt)
-    finished = threading.Event()
+    finished, caught = threading.Event(), threading.Event()
 
     def interrupted(step: Callable[[list[Segment], StepHyper], int], segments: list[Segment], h: StepHyper) -> int:
-        signal.raise_signal(signal.SIGINT)  # as the user's Ctrl-C, delivered to the main thread
-        time.sleep(0.3)  # the backend is still at work when the main thread gets it
+        ctrl_c_to_main_thread()
+        caught.wait(30)  # the backend is still at work when the main thread gets it
         sat = step(segments, h)
         finished.set()
         return sat
 
     undo = inject(opt._partitions[0].shards[0], interrupted)
     set_grads(gs, 2)
-    with pytest.raises(KeyboardInterrupt):
-        opt.step()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            opt.step()
+    finally:
+        caught.set()
     assert_unchanged(gs, opt, before)
     assert finished.wait(30)
     _wait_idle(opt)
@@ -459,14 +468,23 @@ def test_ctrl_c_during_an_rtl_sim_step_leaves_the_simulator_in_step() -> None:
     ref_opt = HetAdam(ref[0], lr=1e-2, numerics="fixed")
     run(opt, gs, range(1))
     before = snapshot(gs, opt)
-    started = threading.Event()
-    undo = inject(opt._partitions[0].shards[0], lambda step, s, h: (started.set(), step(s, h))[1])
-    ctrl_c = threading.Thread(target=lambda: started.wait(30) and signal.raise_signal(signal.SIGINT))
+    started, interrupted = threading.Event(), threading.Event()
+
+    def slow_step(step, s, h):  # the request runs only once Ctrl-C has reached the main thread
+        started.set()
+        interrupted.wait(30)
+        return step(s, h)
+
+    undo = inject(opt._partitions[0].shards[0], slow_step)
+    ctrl_c = threading.Thread(target=lambda: started.wait(30) and ctrl_c_to_main_thread())
     ctrl_c.start()
     set_grads(gs, 1)
-    with pytest.raises(KeyboardInterrupt):
-        opt.step()
-    ctrl_c.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            opt.step()
+    finally:
+        interrupted.set()
+        ctrl_c.join()
     assert_unchanged(gs, opt, before)
     undo()
     run(opt, gs, range(2, 4))
