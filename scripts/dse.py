@@ -295,39 +295,54 @@ def recommendation_text(rows: list[dict], board: Board) -> str:
     return text
 
 
-def plot(rows: list[dict], boards: list[Board], path: Path) -> None:
+def plot(rows: list[dict], acc: dict[str, dict], sweep: Sweep, boards: list[Board], path: Path) -> None:
+    """Left: each format's excess loss on the hard task (what the format decides). Then per board: the
+    points' largest share of the part against their modelled rate, with the board's ports (filled) and with
+    the masters split over two ports (hollow); Pareto points ringed, lanes written beside."""
     plt = study._pyplot()
-    fig, axes = plt.subplots(1, len(boards), figsize=(5 * len(boards), 4.2), squeeze=False)
-    formats = list(dict.fromkeys(r["format"] for r in rows))
-    cmap = plt.get_cmap("viridis")
-    excess = [100 * r["lm_excess"] for r in rows]
-    lo, hi = min(excess), max(max(excess), min(excess) + 1e-9)
-    for ax, board in zip(axes[0], boards, strict=True):
+    fig, axes = plt.subplots(1, 1 + len(boards), figsize=(4.6 * (1 + len(boards)), 4.2), squeeze=False)
+    ax = axes[0][0]
+    names = [v.name for v in sweep.variants]
+    ax.errorbar(
+        range(len(names)),
+        [100 * acc[n]["lm_excess"] for n in names],
+        yerr=[100 * acc[n]["lm_excess_std"] for n in names],
+        fmt="o",
+        capsize=4,
+    )
+    ax.axhline(100 * study.LM_PARITY, color="red", linestyle=":", linewidth=1, label="parity limit")
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xticks(range(len(names)), [n.replace("b32-g16-", "").replace(" stochastic", "\nstoch.") for n in names])
+    ax.set_ylabel("LM excess loss over float AdamW (%)")
+    ax.set_title("accuracy: the format", fontsize=10)
+    ax.legend(fontsize=7)
+    markers = dict(zip(names, "osD^vP*", strict=False))
+    for ax, board in zip(axes[0][1:], boards, strict=True):
         mine = [r for r in rows if r["board"] == board.name]
-        for k, fmt in enumerate(formats):
-            pts = [r for r in mine if r["format"] == fmt]
-            ax.scatter(
-                [100 * max(r["share"].values()) for r in pts],
-                [r["throughput"] / 1e6 for r in pts],
-                c=[100 * r["lm_excess"] for r in pts],
-                cmap=cmap,
-                vmin=lo,
-                vmax=hi,
-                marker="osD^vP*"[k % 7],
-                s=[30 + 10 * r["lanes"] for r in pts],
-                label=fmt,
-                edgecolors=["red" if r["pareto"] else "none" for r in pts],
-                linewidths=1.5,
-            )
+        for name in names:
+            pts = [r for r in mine if r["format"] == name]
+            x = [100 * max(r["share"].values()) for r in pts]
+            ax.scatter(x, [r["throughput"] / 1e6 for r in pts], marker=markers[name], s=36, label=name,
+                       edgecolors=["red" if r["pareto"] else "none" for r in pts], linewidths=1.5)  # fmt: skip
+            ax.scatter(x, [r["throughput_split"] / 1e6 for r in pts], marker=markers[name], s=36,
+                       facecolors="none", edgecolors="gray", linewidths=0.8)  # fmt: skip
+        for r in mine:
+            if r["format"] == names[0]:
+                share = 100 * max(r["share"].values())
+                ax.annotate(f"{r['lanes']}L", (share, r["throughput"] / 1e6), xytext=(4, -10),
+                            textcoords="offset points", fontsize=7)  # fmt: skip
         ax.axvline(100 * FIT_LIMIT, color="gray", linestyle=":", linewidth=1)
-        ax.set_xscale("log")
-        ax.set_title(f"{board.name} ({board.part.split('-')[0]})", fontsize=10)
-        ax.set_xlabel("largest share of the part (%, log)")
+        ax.set_title(f"{board.name} ({board.device}, {board.clock_mhz:g} MHz)", fontsize=10)
+        ax.set_xlabel("largest share of the part (%)")
         ax.set_ylabel("modelled M elements/s")
-        ax.legend(fontsize=7, loc="lower right")
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
-    fig.colorbar(sm, ax=axes[0].tolist(), label="LM excess loss over float AdamW (%)")
-    fig.suptitle("format x lanes: Pareto points ringed red (marker size: lanes; dotted: fit limit)", fontsize=10)
+        ax.set_ylim(bottom=0)
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.suptitle(
+        "format x lanes: filled = board's HP ports, hollow = masters split over two; red ring = Pareto;"
+        " dotted = fit limit",
+        fontsize=9,
+    )
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -373,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "dse.json").write_text(json.dumps(report, indent=1) + "\n")
     md = markdown(sweep, rows, acc, boards, tool)
     (args.out / "dse.md").write_text(md)
-    plot(rows, boards, args.out / "dse.png")
+    plot(rows, acc, sweep, boards, args.out / "dse.png")
     print(md)
     return 0
 
