@@ -52,10 +52,13 @@ def random_block_state(rng, n, spread, fmt=DEFAULT):
     """Moments and gradients whose magnitudes stay within 2**-spread of a
     per-block scale (the scales themselves span six decades)."""
     scale = np.repeat(10.0 ** rng.uniform(-6, 0, n // fmt.block), fmt.block)
-    mag = scale * 2.0 ** rng.uniform(-spread, 0, n)
-    g = rng.standard_normal(n) * mag
-    m = rng.standard_normal(n) * mag * 0.3
-    v = (rng.standard_normal(n) * mag) ** 2
+
+    def signed_magnitudes() -> np.ndarray:  # |x| in [2**-spread, 1] * scale (a normal draw would reach 0)
+        return rng.choice([-1.0, 1.0], n) * scale * 2.0 ** rng.uniform(-spread, 0, n)
+
+    g = signed_magnitudes()
+    m = signed_magnitudes() * 0.3
+    v = signed_magnitudes() ** 2
     st = state_from_float(rng.uniform(-1, 1, n), m, v, fmt)
     G, eg, _ = quantize_grad(g, fmt)
     return st, G, eg
