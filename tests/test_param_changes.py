@@ -106,15 +106,9 @@ def check_change_is_where_the_step_starts(info: BackendInfo, numerics: str, chan
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
-@pytest.mark.parametrize(("info", "numerics"), [p for p in REGISTERED if not p.values[0].slow])
+@pytest.mark.parametrize(("info", "numerics"), REGISTERED)
 def test_a_changed_parameter_is_where_the_next_step_starts(info: BackendInfo, numerics: str, change: str) -> None:
     check_change_is_where_the_step_starts(info, numerics, change)
-
-
-@pytest.mark.parametrize(("info", "numerics"), [p for p in REGISTERED if p.values[0].slow])
-def test_a_changed_parameter_is_where_the_next_step_starts_on_a_simulator(info: BackendInfo, numerics: str) -> None:
-    """One case on each simulated backend: a parameter restored through `.data`."""
-    check_change_is_where_the_step_starts(info, numerics, ".data.copy_")
 
 
 def test_a_changed_parameter_outside_the_fixed_range_is_refused_and_nothing_changes() -> None:
