@@ -486,7 +486,6 @@ def test_a_server_killed_mid_step_applies_nothing_and_its_restart_asks_for_the_c
             proc.kill()
 
 
-@pytest.mark.slow
 def test_rtl_sim_behind_the_server_is_bit_exact_with_cpu_fixed(caplog: pytest.LogCaptureFixture) -> None:
     why = backends.availability("rtl-sim")
     if not why.usable:

@@ -270,7 +270,7 @@ SERVE_AND_STEP = textwrap.dedent(
     import hetadam.driver.kernel, hetadam.driver.state, hetadam.kernels
 
     token = b"t" * 32
-    server = Server(kernel_source("cpu"), token, port=0).start()
+    server = Server(kernel_source(BACKEND), token, port=0).start()
     link = Link("tcp://board", *server.address, token, timeout=20)
     link.open()
     rng = np.random.default_rng(0)
@@ -287,17 +287,23 @@ SERVE_AND_STEP = textwrap.dedent(
     link.close()
     server.stop()
     assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "numba")]
-    print("served without torch and numba")
+    print(f"served {server.source.name} without torch and numba")
     """
 )
 
 
-def test_the_server_imports_and_serves_without_torch_or_numba() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKER + SERVE_AND_STEP], capture_output=True, text=True, timeout=120
-    )
+@pytest.mark.parametrize("backend", ["cpu", "rtl-sim"])
+def test_the_server_imports_and_serves_without_torch_or_numba(backend: str) -> None:
+    if backend != "cpu":
+        from hetadam import backends
+
+        why = backends.availability(backend)
+        if not why.usable:
+            pytest.skip(reason=f"{backend} is not usable here: {why.reason}. {why.remedy}")
+    code = BLOCKER + f"BACKEND = {backend!r}\n" + SERVE_AND_STEP
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "served without torch and numba" in result.stdout
+    assert f"served {backend} without torch and numba" in result.stdout
 
 
 def test_the_serve_and_token_commands_run_without_torch_or_numba(tmp_path: Path) -> None:

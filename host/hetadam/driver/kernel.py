@@ -30,3 +30,10 @@ class DriverKernel(ResidentState, FixedKernel):
             return super().run(G, eg, sc, idx0)
         except DriverError as exc:
             raise BackendError(f"backend {self.backend!r}: {exc}") from exc
+
+
+class OwningDriverKernel(DriverKernel):
+    """A DriverKernel over a device of its own (a simulated kernel of `rtl-sim`): close() frees the device."""
+
+    def close(self) -> None:
+        self.driver.transport.close()
