@@ -77,8 +77,8 @@ ERRORS = [
         {}, ValueError, r"parameter 0 \(shape \(3,\)\) is torch.float64", "float64", torch.zeros(3, dtype=torch.float64)
     ),
     ErrorInput({}, ValueError, "complex", "complex", torch.zeros(3, dtype=torch.complex64)),
-    ErrorInput({}, ValueError, "strided", "strided", torch.zeros(4, 4).t()),
-    ErrorInput({}, ValueError, "move the model to the CPU", "meta", torch.zeros(3, device="meta")),
+    ErrorInput({}, ValueError, "meta device and holds no values", "meta", torch.zeros(3, device="meta")),
+    ErrorInput({}, ValueError, "dense parameters", "sparse", torch.zeros(3).to_sparse()),
     ErrorInput({}, TypeError, "can only optimize Tensors", "not-a-tensor", [3.0]),
 ]
 

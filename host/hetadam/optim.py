@@ -10,8 +10,14 @@ Arguments are checked as torch checks them (validation.py), and a state dict
 before it is loaded (state_io.py): what is refused changes nothing. Copies
 (`copy.deepcopy`) and pickles carry the state and start their own backends.
 
+Parameters may be float32, bfloat16 or float16, on any device, with any
+strides. A contiguous float32 CPU tensor is stepped in place; any other gets a
+float32 master on the host (masters.py) that the backends step, and the step
+writes it back cast to the parameter's dtype, on its device, in its commit:
+a bf16 model steps as torch.optim.Adam(W) on an fp32 master copy would, cast
+to bf16 after each step.
+
 Deviations from torch.optim.Adam, by design:
-- parameters must be contiguous float32 CPU tensors (the runtime streams them);
 - a parameter listed twice is refused (torch warns, then steps it twice), and
   so is eps=0;
 - `fixed` refuses parameters outside its range (±128 in the default Q8.24)
@@ -31,12 +37,14 @@ import torch
 from . import backends, state_io
 from .backends.base import Backend, StepHyper
 from .layout import GroupLayout
+from .masters import GroupMasters
 from .numerics import DEFAULT, FixedFormat
 from .runtime import Partition, ShardJob, ShardStats, StepRunner, needs_rebalance, plan_partition, rebalance
 from .validation import (
     NonFiniteGradientError,
     check_backends,
     check_distinct,
+    check_finite_grads,
     check_fixed_range,
     check_grads,
     check_group,
@@ -115,6 +123,8 @@ class HetAdam(torch.optim.Optimizer):
         self.backend_names: list[str] = []
         self.backends: dict[str, Backend] = {}
         self._partitions: list[Partition] = []
+        self._masters: list[GroupMasters] = []
+        """Per param group, the float32 masters of the parameters not stepped in place."""
         self._runner = StepRunner()
         defaults = {
             "lr": lr,
@@ -163,30 +173,36 @@ class HetAdam(torch.optim.Optimizer):
                 check_fixed_range(p, label, self.fixed_format)
         super().add_param_group(param_group)
         try:
-            self._partitions.append(self._plan(len(self.param_groups) - 1, None))
+            partition, masters = self._plan(len(self.param_groups) - 1, None)
         except BaseException:
             self.param_groups.pop()
             raise
+        self._partitions.append(partition)
+        self._masters.append(masters)
 
-    def _plan(self, index: int, saved: list[Any] | None) -> Partition:
-        """Shards for param group `index`, holding the per-parameter states
-        `saved` (torch's layout, checked by state_io; None: a fresh state)."""
+    def _plan(self, index: int, saved: list[Any] | None) -> tuple[Partition, GroupMasters]:
+        """Shards and masters for param group `index`, holding the per-parameter
+        states `saved` (torch's layout, checked by state_io; None: a fresh state)."""
         group = self.param_groups[index]
         params = group["params"]
         layout = GroupLayout.of(params, self.fixed_format.block)
+        masters = GroupMasters()
+        masters.sync(params, lambda: self._labels(index, group))
         flat: dict[str, Any] = {}
         if saved is not None:
             labels = self._labels(index, group)
             fmt = self.fixed_format
-            flat = state_io.decode_group(saved, params, labels, layout, fmt, self.numerics == "fixed").flat
+            decoded = state_io.decode_group(saved, params, labels, layout, fmt, self.numerics == "fixed")
+            flat = decoded.flat
+            masters.load(params, decoded.masters)
         partition = plan_partition(layout.size, self.backends, self.numerics, self.fixed_format, self.split)
         partition.layout = layout
         try:
-            state_io.import_group(partition.shards, flat, layout.flatten(params), layout.block)
+            state_io.import_group(partition.shards, flat, layout.flatten(masters.hosts(params)), layout.block)
         except BaseException:
             partition.close()
             raise
-        return partition
+        return partition, masters
 
     def _plan_new_groups(self) -> None:
         """Plan the groups appended to `param_groups` directly (not through
@@ -221,42 +237,66 @@ class HetAdam(torch.optim.Optimizer):
     # -- the step ----------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], float] | None = None,
+        *,
+        grad_scale: torch.Tensor | None = None,
+        found_inf: torch.Tensor | None = None,
+    ) -> float | None:
         """One Adam step of every param group, as one transaction (runtime.py):
         checks, then every shard's share, then the commit; on any failure
-        nothing changed and the error propagates."""
+        nothing changed and the error propagates.
+
+        grad_scale, found_inf: the AMP contract of torch's fused optimizers
+        (GradScaler sets them as attributes of the optimizer, which this reads
+        when they are not given): the gradients are divided by `grad_scale`
+        for the update (the tensors in `.grad` stay as they are), and a
+        nonzero `found_inf` skips the step: nothing changes, step counts included."""
         self._plan_new_groups()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work: list[tuple[int, dict[str, Any], Partition, list[int]]] = []
-        for i, (group, partition) in enumerate(zip(self.param_groups, self._partitions, strict=True)):
+        grad_scale = getattr(self, "grad_scale", None) if grad_scale is None else grad_scale
+        found_inf = getattr(self, "found_inf", None) if found_inf is None else found_inf
+        if found_inf is not None and bool(found_inf.ne(0).any()):
+            return loss
+        scale = None if grad_scale is None else grad_scale.detach().to("cpu", torch.float32)
+        work: list[tuple[int, dict[str, Any], Partition, GroupMasters, list[int]]] = []
+        for i, (group, partition, masters) in enumerate(
+            zip(self.param_groups, self._partitions, self._masters, strict=True)
+        ):
             params = group["params"]
             live = [k for k, p in enumerate(params) if p.grad is not None]
             if live:
-                check_grads(params, self.check_finite)
-                work.append((i, group, partition, live))
+                check_grads(params)
+                masters.sync(params, lambda i=i, group=group: self._labels(i, group))
+                work.append((i, group, partition, masters, live))
         if self.numerics == "fixed":  # the registers must hold every step's scalars
-            for _, group, _, _ in work:
+            for _, group, _, _, _ in work:
                 check_group(group, self.numerics, self.fixed_format)
-        self._runner.fence([s for _, _, partition, _ in work for s in partition.shards], self.step_timeout)
+        self._runner.fence([s for _, _, partition, _, _ in work for s in partition.shards], self.step_timeout)
+        hosts = [masters.stage_grads(group["params"], scale) for _, group, _, masters, _ in work]
+        if self.check_finite:
+            check_finite_grads(h.grad for host in hosts for h in host)
         if self._detect_param_changes:
-            self._take_changed_params(work)
+            self._take_changed_params(work, hosts)
         planned: list[tuple[Partition, list[ShardJob]]] = []
-        for _, group, partition, live in work:
+        for (_, group, partition, _, live), host in zip(work, hosts, strict=True):
             params = group["params"]
             steps = [self._param_step(p) + 1 for p in params]
             hyper = self._hyper(group, max(steps[k] for k in live))
-            planned.append((partition, partition.jobs(params, steps, hyper)))
+            planned.append((partition, partition.jobs(host, steps, hyper)))
 
-        def count_steps() -> None:  # inside the commit: the step counts move with the parameters
-            for _, group, _, live in work:
+        def on_commit() -> None:  # inside the commit: step counts and parameters move with the state
+            for _, group, _, masters, live in work:
+                params = group["params"]
                 for k in live:
-                    p = group["params"][k]
-                    self.state[p]["step"] = torch.tensor(float(self._param_step(p) + 1))
+                    self.state[params[k]]["step"] = torch.tensor(float(self._param_step(params[k]) + 1))
+                masters.write_back(params, live)
 
-        results = self._runner.run([job for _, jobs in planned for job in jobs], self.step_timeout, count_steps)
+        results = self._runner.run([job for _, jobs in planned for job in jobs], self.step_timeout, on_commit)
         at = 0
         for partition, jobs in planned:
             partition.record(jobs, results[at : at + len(jobs)])
@@ -271,28 +311,29 @@ class HetAdam(torch.optim.Optimizer):
     """Compare the parameters with the resident copy at each step (the bench
     turns it off to measure what it costs)."""
 
-    def _take_changed_params(self, work: list[tuple[int, dict[str, Any], Partition, list[int]]]) -> None:
+    def _take_changed_params(
+        self,
+        work: list[tuple[int, dict[str, Any], Partition, GroupMasters, list[int]]],
+        hosts: list[list[torch.Tensor]],
+    ) -> None:
         """Parameters changed outside the optimizer since its last step (an
         in-place op, `.data`, `model.load_state_dict`) are where this step
-        starts, as in torch: each live parameter is compared with the shards'
-        resident copy, the changed ones are checked (a `fixed` range, a tensor
-        the runtime can stream), then re-imported, moments kept."""
+        starts, as in torch: the masters take what changed in their parameters
+        (masters.py), then each live parameter (or its master) is compared with
+        the shards' resident copy, the changed ones are checked (a `fixed`
+        range), then re-imported, moments kept."""
         changed = []
-        for i, group, partition, live in work:
-            params = group["params"]
-            for k in live:
-                p = params[k]
-                if p.dtype != torch.float32 or not p.is_contiguous() or p.device.type != "cpu":  # `.data =`
-                    check_param(p, self._labels(i, group)[k])
-            found = partition.changed_params(params, live)
+        for (i, group, partition, masters, live), host in zip(work, hosts, strict=True):
+            masters.take_changed(group["params"], live)
+            found = partition.changed_params(host, live)
             if found and self.numerics == "fixed":
                 labels = self._labels(i, group)
                 for k in found:
-                    check_fixed_range(params[k], labels[k], self.fixed_format)
-            changed.append((partition, params, found))
-        for partition, params, found in changed:  # every check passed: nothing fails from here
+                    check_fixed_range(host[k], labels[k], self.fixed_format)
+            changed.append((partition, host, found))
+        for partition, host, found in changed:  # every check passed: nothing fails from here
             if found:
-                partition.reimport_params(params, found)
+                partition.reimport_params(host, found)
 
     @property
     def step_stats(self) -> list[ShardStats]:
@@ -309,7 +350,7 @@ class HetAdam(torch.optim.Optimizer):
                 continue
             if self._runner.busy(partition.shards):  # an abandoned step still runs there
                 continue
-            params_flat = partition.layout.flatten(group["params"])
+            params_flat = partition.layout.flatten(self._masters[i].hosts(group["params"]))
             self._partitions[i] = rebalance(
                 partition, params_flat, self.backends, self.numerics, self.fixed_format, weights
             )
@@ -345,10 +386,11 @@ class HetAdam(torch.optim.Optimizer):
     def _export_state(self) -> None:
         """Copy each shard's resident state into torch's per-parameter layout."""
         self._runner.fence([s for partition in self._partitions for s in partition.shards], self.step_timeout)
-        for group, partition in zip(self.param_groups, self._partitions, strict=True):
+        for group, partition, masters in zip(self.param_groups, self._partitions, self._masters, strict=True):
             params = group["params"]
+            steps = [self._param_step(p) for p in params]
             exported = state_io.export_group(
-                partition.shards, partition.layout, params, [self._param_step(p) for p in params]
+                partition.shards, partition.layout, params, steps, masters.export(len(params))
             )
             for p, state in zip(params, exported, strict=True):
                 if state is not None:
@@ -360,7 +402,9 @@ class HetAdam(torch.optim.Optimizer):
         hyper-parameters) raises ValueError and changes nothing. Param groups
         saved without some option (an older torch) take the default, as torch
         does. The checks read the state dict as given, before the optimizer's
-        load_state_dict pre-hooks run."""
+        load_state_dict pre-hooks run. Torch's own per-parameter state then
+        keeps only the step counts: the moments live on the backends (and in
+        the next state_dict()), not a second time in host or device memory."""
         self._plan_new_groups()
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
@@ -372,6 +416,7 @@ class HetAdam(torch.optim.Optimizer):
         decoded = []
         for i, (group, saved, partition) in enumerate(zip(self.param_groups, groups, self._partitions, strict=True)):
             params = group["params"]
+            self._masters[i].sync(params, lambda i=i, group=group: self._labels(i, group))
             if len(saved["params"]) != len(params):
                 raise ValueError(
                     f"loaded state dict contains a parameter group that doesn't match the size of optimizer's "
@@ -396,19 +441,19 @@ class HetAdam(torch.optim.Optimizer):
             {
                 **state_dict,
                 "param_groups": groups,
-                "state": {
-                    pid: {k: v for k, v in st.items() if k != state_io.FIXED_STATE_KEY}
-                    for pid, st in state_dict["state"].items()
-                },
+                "state": {pid: {k: v for k, v in st.items() if k == "step"} for pid, st in state_dict["state"].items()},
             }
         )
-        for group, partition, loaded in zip(self.param_groups, self._partitions, decoded, strict=True):
+        for group, partition, masters, loaded in zip(
+            self.param_groups, self._partitions, self._masters, decoded, strict=True
+        ):
             params = group["params"]
             for p, step in zip(params, loaded.steps, strict=True):
                 if p in self.state:  # torch keeps the saved step tensor itself: don't share it
                     self.state[p]["step"] = torch.tensor(float(step))
+            masters.load(params, loaded.masters)
             layout = partition.layout
-            state_io.import_group(partition.shards, loaded.flat, layout.flatten(params), layout.block)
+            state_io.import_group(partition.shards, loaded.flat, layout.flatten(masters.hosts(params)), layout.block)
 
     def _labels(self, group_index: int, group: dict[str, Any]) -> list[str]:
         names = group.get("param_names")
@@ -445,12 +490,15 @@ class HetAdam(torch.optim.Optimizer):
         self.__dict__.update(config)
         self.backends = {}
         self._partitions = []
+        self._masters = []
         self._runner = StepRunner()
         try:
             for name in self.backend_names:
                 self.backends[name] = backends.create(name)
             for i, group in enumerate(self.param_groups):
-                self._partitions.append(self._plan(i, [self.state.get(p) for p in group["params"]]))
+                partition, masters = self._plan(i, [self.state.get(p) for p in group["params"]])
+                self._partitions.append(partition)
+                self._masters.append(masters)
         except BaseException:
             self.close()
             raise

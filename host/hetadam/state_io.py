@@ -6,6 +6,9 @@ and `exp_avg_sq` (and `max_exp_avg_sq` with amsgrad), so a state moves between
 torch.optim.Adam, backends and numerics. `fixed` shards add their exact
 arrays, which travel under the parameter's `"fixed"` key with the format they
 belong to (`format_tag`); a state loaded into the same format is then exact.
+A parameter stepped through a float32 master finer than itself (a bf16 or
+fp16 one, masters.py) carries the master under `"master"`, so that a resumed
+run goes on from the full-precision value.
 
 The fixed arrays have one codec here (`FIXED_ARRAYS`): their names in the
 state dict, their keys in a shard's export, their dtypes on the kernel and in
@@ -43,6 +46,8 @@ FORMAT_KEY = "format"
 """The key, among the fixed arrays, of the format they belong to."""
 FORMAT_SHARD_KEY = "fixed_format"
 """The same, in a shard's export."""
+MASTER_KEY = "master"
+"""A parameter's state key for its float32 master (masters.py), when it has one finer than itself."""
 
 
 @dataclass(frozen=True)
@@ -128,19 +133,26 @@ def shard_part(flat: Mapping[str, np.ndarray], start: int, n: int, block: int) -
 
 
 def export_group(
-    shards: Sequence[Shard], layout: GroupLayout, params: Sequence[torch.Tensor], steps: Sequence[int]
+    shards: Sequence[Shard],
+    layout: GroupLayout,
+    params: Sequence[torch.Tensor],
+    steps: Sequence[int],
+    masters: Sequence[torch.Tensor | None],
 ) -> list[dict[str, Any] | None]:
     """Each parameter's state in torch's layout (None for a parameter that
-    never stepped: torch keeps no state for it). The tensors are views of one
-    fresh buffer per array: nothing is shared with the resident state."""
+    never stepped: torch keeps no state for it), with its float32 master
+    (`masters[i]`, a copy; None: none). The tensors are views of one fresh
+    buffer per array: nothing is shared with the resident state."""
     flat = gather(shards, layout.size, layout.block)
     B = layout.block
     out: list[dict[str, Any] | None] = []
-    for p, step, off, numel in zip(params, steps, layout.offsets, layout.numels, strict=True):
+    for p, step, master, off, numel in zip(params, steps, masters, layout.offsets, layout.numels, strict=True):
         if not step:
             out.append(None)
             continue
         state: dict[str, Any] = {"step": torch.tensor(float(step))}
+        if master is not None:
+            state[MASTER_KEY] = master
         for key in (*MOMENTS, AMSGRAD_MOMENT):
             if key in flat:
                 state[key] = torch.from_numpy(flat[key][off : off + numel]).reshape(p.shape)
@@ -169,6 +181,8 @@ class GroupState:
     flat: dict[str, np.ndarray]
     """Float moments, plus the exact fixed arrays and their format tag when every
     parameter with a state carries them in the optimizer's format."""
+    masters: list[torch.Tensor | None]
+    """Each parameter's saved float32 master (None: none saved)."""
 
 
 def decode_group(
@@ -188,11 +202,13 @@ def decode_group(
     """
     B = layout.block
     steps: list[int] = []
+    masters: list[torch.Tensor | None] = [None] * len(params)
     flat = {key: np.zeros(layout.size, np.float32) for key in MOMENTS}
     fixed: list[tuple[int, int, dict[str, np.ndarray]]] = []
     inexact = False
     ours = format_tag(fmt)
-    for st, p, label, off, numel in zip(saved, params, labels, layout.offsets, layout.numels, strict=True):
+    for i, (st, p, label) in enumerate(zip(saved, params, labels, strict=True)):
+        off, numel = layout.offsets[i], layout.numels[i]
         if st is None or len(st) == 0:
             steps.append(0)
             continue
@@ -201,6 +217,8 @@ def decode_group(
         if "step" not in st:
             raise ValueError(f"the saved state of {label} has no 'step' (is it a torch.optim.Adam state?)")
         steps.append(_step(st["step"], label))
+        if MASTER_KEY in st:
+            masters[i] = torch.from_numpy(_moment(st[MASTER_KEY], p, f"master of {label}").copy()).reshape(p.shape)
         for key in (*MOMENTS, AMSGRAD_MOMENT):
             if key in st:
                 values = _moment(st[key], p, f"{key!r} of {label}")
@@ -228,7 +246,7 @@ def decode_group(
                     f"the saved {key!r} of a parameter group holds NaN or Inf, which the fixed format cannot "
                     "hold: load it into numerics='fp32'"
                 )
-    return GroupState(steps, flat)
+    return GroupState(steps, flat, masters)
 
 
 def import_group(shards: Sequence[Shard], flat: Mapping[str, np.ndarray], params_flat: np.ndarray, block: int) -> None:

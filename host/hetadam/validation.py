@@ -10,7 +10,7 @@ gradients must match their parameters and, unless the user opts out, be finite.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -166,8 +166,12 @@ def param_label(group_index: int, param_index: int, param: Any, names: Sequence[
     return f"param group {group_index}, parameter {param_index}{shape}"
 
 
+PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""The dtypes of the parameters HetAdam steps (the others through a float32 master)."""
+
+
 def check_param(p: Any, label: str) -> None:
-    """A parameter the runtime can stream: a contiguous float32 CPU tensor."""
+    """A parameter HetAdam can step: a dense tensor of PARAM_DTYPES that holds values."""
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"optimizer can only optimize Tensors, but {label} is a {type(p).__name__}")
     if p.is_complex():
@@ -175,12 +179,18 @@ def check_param(p: Any, label: str) -> None:
             f"{label} is complex: HetAdam does not support complex parameters (view them as real with "
             "torch.view_as_real)"
         )
-    if p.dtype != torch.float32:
-        raise ValueError(f"HetAdam streams float32 parameters; {label} is {p.dtype}")
-    if p.device.type != "cpu":
-        raise ValueError(f"HetAdam takes CPU parameters; {label} is on {p.device} (move the model to the CPU)")
-    if not p.is_contiguous():
-        raise ValueError(f"HetAdam needs contiguous parameters; {label} is strided")
+    if p.dtype not in PARAM_DTYPES:
+        raise ValueError(
+            f"HetAdam steps float32, bfloat16 and float16 parameters; {label} is {p.dtype} "
+            "(convert the model, e.g. model.float())"
+        )
+    if p.layout != torch.strided:
+        raise ValueError(f"HetAdam steps dense parameters; {label} is a {p.layout} tensor (make it dense)")
+    if p.device.type == "meta":
+        raise ValueError(
+            f"{label} is on the meta device and holds no values: materialise the model first "
+            "(module.to_empty(device=...), then initialise it)"
+        )
 
 
 def check_distinct(params: Sequence[torch.Tensor], labels: Sequence[str], others: Sequence[torch.Tensor]) -> None:
@@ -214,7 +224,7 @@ def check_fixed_range(values: torch.Tensor | np.ndarray, label: str, fmt: FixedF
     nearest representable value; NaN, Inf and anything at or beyond the range
     would saturate.
     """
-    x = values.detach().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    x = values.detach().to("cpu", torch.float32).numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     if x.size == 0:
         return
     peak = float(np.max(np.abs(x)))
@@ -241,8 +251,8 @@ def check_fixed_range(values: torch.Tensor | np.ndarray, label: str, fmt: FixedF
 # -- gradients ----------------------------------------------------------------
 
 
-def check_grads(params: list[torch.Tensor], check_finite: bool) -> None:
-    """Every check of a group's gradients that can fail, before anything changes."""
+def check_grads(params: list[torch.Tensor]) -> None:
+    """Every check of a group's gradients but their values: each must match its parameter."""
     for p in params:
         g = p.grad
         if g is None:
@@ -253,9 +263,13 @@ def check_grads(params: list[torch.Tensor], check_finite: bool) -> None:
             raise ValueError(f"gradient of shape {tuple(g.shape)} does not match its parameter {tuple(p.shape)}")
         if g.dtype != p.dtype or g.device != p.device:
             raise ValueError(f"gradient is {g.dtype} on {g.device}; its parameter is {p.dtype} on {p.device}")
-    for p in params:
-        if check_finite and p.grad is not None and not all_finite(p.grad):
+
+
+def check_finite_grads(grads: Iterable[torch.Tensor | None]) -> None:
+    """Refuse NaN and Inf in the gradients the update reads (None: no gradient)."""
+    for g in grads:
+        if g is not None and not all_finite(g):
             raise NonFiniteGradientError(
-                f"a gradient of shape {tuple(p.shape)} holds NaN or Inf; the step was not applied "
+                f"a gradient of shape {tuple(g.shape)} holds NaN or Inf; the step was not applied "
                 "(unscale or clip gradients first, or skip this step)"
             )
