@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 from backend_table import BackendInfo, params_over_backends_and_numerics
+from master_adamw import MasterAdamW
 
 from hetadam import HetAdam, NonFiniteGradientError, backends
 from hetadam.backends.base import BackendError, Segment, StepHyper
@@ -38,24 +39,6 @@ def backward(net: torch.nn.Module, t: int) -> None:
     net(x).float().square().mean().backward()
 
 
-class MasterAdamW:
-    """The reference: torch's fused AdamW on float32 copies of a model's
-    parameters, cast into the model after each step."""
-
-    def __init__(self, net: torch.nn.Module, weight_decay: float = 0.0) -> None:
-        self.params = list(net.parameters())
-        self.masters = [p.detach().to("cpu", torch.float32).clone() for p in self.params]
-        self.opt = torch.optim.AdamW(self.masters, lr=LR, weight_decay=weight_decay, fused=True)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for m, p in zip(self.masters, self.params, strict=True):
-            m.grad = None if p.grad is None else p.grad.to("cpu", torch.float32)
-        self.opt.step()
-        for m, p in zip(self.masters, self.params, strict=True):
-            p.copy_(m)
-
-
 def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
@@ -70,7 +53,7 @@ def test_a_low_precision_model_steps_as_fused_adamw_on_an_fp32_master(dtype: tor
     net = model(dtype)
     twin = copy.deepcopy(net)
     opt = HetAdam(net.parameters(), lr=LR, weight_decay=weight_decay, decoupled_weight_decay=True)
-    ref = MasterAdamW(twin, weight_decay=weight_decay)
+    ref = MasterAdamW(twin.parameters(), LR, weight_decay)
     for t in range(5):
         backward(net, t)
         opt.step()
@@ -129,7 +112,7 @@ def test_elements_changed_in_a_bf16_parameter_are_where_the_step_starts() -> Non
     others keep their float32 value; the moments stay."""
     net = model(torch.bfloat16)
     twin = copy.deepcopy(net)
-    opt, ref = HetAdam(net.parameters(), lr=LR), MasterAdamW(twin)
+    opt, ref = HetAdam(net.parameters(), lr=LR), MasterAdamW(twin.parameters(), LR)
     for t in range(3):
         backward(net, t)
         opt.step()
@@ -269,7 +252,7 @@ def check_on_the_gpu(**options: object) -> None:
     """A bf16 model on CUDA against the fp32 host master reference, with a change made on the device."""
     net = model(torch.bfloat16, "cuda")
     twin = copy.deepcopy(net)
-    opt, ref = HetAdam(net.parameters(), lr=LR, **options), MasterAdamW(twin)
+    opt, ref = HetAdam(net.parameters(), lr=LR, **options), MasterAdamW(twin.parameters(), LR)
     for t in range(4):
         backward(net, t)
         opt.step()
@@ -292,3 +275,20 @@ def check_on_the_gpu(**options: object) -> None:
 @CUDA
 def test_a_bf16_model_on_the_gpu_steps_as_fused_adamw_on_an_fp32_host_master() -> None:
     check_on_the_gpu()
+
+
+def test_a_loaded_state_is_kept_once_on_the_backend_not_in_torchs_state_too() -> None:
+    """load_state_dict leaves torch's per-parameter state with the step counts
+    only: the moments live on the backend (a GPU model's would otherwise be cast
+    onto the GPU by torch's loader)."""
+    net = model(torch.bfloat16)
+    opt = HetAdam(net.parameters(), lr=LR)
+    backward(net, 0)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    again = HetAdam(net.parameters(), lr=LR)
+    again.load_state_dict(saved)
+    assert all(set(st) == {"step"} for st in again.state.values())
+    exported = again.state_dict()["state"]
+    for i, st in saved["state"].items():
+        assert all(torch.equal(exported[i][k], st[k]) for k in ("exp_avg", "exp_avg_sq", "master", "step"))

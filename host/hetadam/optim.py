@@ -17,6 +17,13 @@ writes it back cast to the parameter's dtype, on its device, in its commit:
 a bf16 model steps as torch.optim.Adam(W) on an fp32 master copy would, cast
 to bf16 after each step.
 
+Mixed precision: HetAdam takes torch.amp.GradScaler's contract of torch's
+fused optimizers (`_step_supports_amp_scaling`): `scaler.step(opt)` hands it
+the loss scale and the found-inf flag, the update divides the gradients by
+the scale, and a step with an Inf or NaN gradient is skipped (nothing
+changes, step counts included). `scaler.unscale_(opt)` before clipping works
+as with any optimizer.
+
 Deviations from torch.optim.Adam, by design:
 - a parameter listed twice is refused (torch warns, then steps it twice), and
   so is eps=0;
@@ -24,7 +31,10 @@ Deviations from torch.optim.Adam, by design:
   and hyper-parameters its registers cannot hold at some step, up front;
 - a non-finite gradient raises `NonFiniteGradientError` before anything
   changes (torch would write NaN into the parameters; `check_finite=False`
-  does as torch does).
+  does as torch does);
+- a step given a loss scale leaves the gradients in `.grad` as they were
+  (torch's fused kernel writes them back unscaled): the update divides
+  copies, so that a step that fails has changed nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +95,9 @@ class HetAdam(torch.optim.Optimizer):
             bytes per parameter that fp32 Adam moves); with False, non-finite
             gradients flow into the update as in torch.optim.Adam.
     """
+
+    _step_supports_amp_scaling = True
+    """GradScaler passes the loss scale and the found-inf flag to `step` (see there)."""
 
     def __init__(
         self,
