@@ -292,3 +292,9 @@ def test_a_loaded_state_is_kept_once_on_the_backend_not_in_torchs_state_too() ->
     exported = again.state_dict()["state"]
     for i, st in saved["state"].items():
         assert all(torch.equal(exported[i][k], st[k]) for k in ("exp_avg", "exp_avg_sq", "master", "step"))
+
+
+@pytest.mark.cuda
+@CUDA
+def test_gradients_streamed_from_the_gpu_during_backward_step_as_the_plain_path() -> None:
+    check_on_the_gpu(overlap=True)

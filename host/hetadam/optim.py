@@ -39,6 +39,7 @@ Deviations from torch.optim.Adam, by design:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -47,8 +48,9 @@ import torch
 from . import backends, state_io
 from .backends.base import Backend, StepHyper
 from .layout import GroupLayout
-from .masters import GroupMasters
+from .masters import GroupMasters, Master
 from .numerics import DEFAULT, FixedFormat
+from .overlap import GradStreams
 from .runtime import Partition, ShardJob, ShardStats, StepRunner, needs_rebalance, plan_partition, rebalance
 from .validation import (
     NonFiniteGradientError,
@@ -94,6 +96,9 @@ class HetAdam(torch.optim.Optimizer):
             anything changes. It costs one read of the gradients (4 of the 28
             bytes per parameter that fp32 Adam moves); with False, non-finite
             gradients flow into the update as in torch.optim.Adam.
+        overlap: copy each gradient towards its float32 master from a hook
+            as soon as backward has made it, so that `step` waits only for
+            what is left (overlap.py; bit for bit the same result).
     """
 
     _step_supports_amp_scaling = True
@@ -119,6 +124,7 @@ class HetAdam(torch.optim.Optimizer):
         split: Sequence[float] | None = None,
         rebalance_every: int = 16,
         check_finite: bool = True,
+        overlap: bool = False,
     ) -> None:
         check_hyper(lr, betas, eps, weight_decay)
         check_numerics(numerics, amsgrad)
@@ -129,6 +135,7 @@ class HetAdam(torch.optim.Optimizer):
         self.step_timeout = step_timeout
         self.rebalance_every = rebalance_every
         self.check_finite = check_finite
+        self.overlap = overlap
         self.split = None if split is None else list(split)
         self.saturated = 0
         """Elements saturated by the fixed format in the last step."""
@@ -139,6 +146,7 @@ class HetAdam(torch.optim.Optimizer):
         self._masters: list[GroupMasters] = []
         """Per param group, the float32 masters of the parameters not stepped in place."""
         self._runner = StepRunner()
+        self._streams = GradStreams() if overlap else None
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -192,6 +200,20 @@ class HetAdam(torch.optim.Optimizer):
             raise
         self._partitions.append(partition)
         self._masters.append(masters)
+        self._watch(len(self.param_groups) - 1)
+
+    def _watch(self, index: int) -> None:
+        """With overlap, hook the parameters of param group `index` (overlap.py)."""
+        if self._streams is None:
+            return
+        ref = weakref.ref(self)
+        for k, p in enumerate(self.param_groups[index]["params"]):
+
+            def lookup(k: int = k) -> Master | None:
+                opt = ref()
+                return None if opt is None else opt._masters[index].masters.get(k)
+
+            self._streams.watch(p, lookup)
 
     def _plan(self, index: int, saved: list[Any] | None) -> tuple[Partition, GroupMasters]:
         """Shards and masters for param group `index`, holding the per-parameter
@@ -271,6 +293,8 @@ class HetAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._streams is not None:
+            self._streams.wait()
         grad_scale = getattr(self, "grad_scale", None) if grad_scale is None else grad_scale
         found_inf = getattr(self, "found_inf", None) if found_inf is None else found_inf
         if found_inf is not None and bool(found_inf.ne(0).any()):
@@ -480,6 +504,7 @@ class HetAdam(torch.optim.Optimizer):
         "step_timeout",
         "rebalance_every",
         "check_finite",
+        "overlap",
         "split",
         "backend_names",
         "saturated",
@@ -505,6 +530,7 @@ class HetAdam(torch.optim.Optimizer):
         self._partitions = []
         self._masters = []
         self._runner = StepRunner()
+        self._streams = GradStreams() if self.overlap else None
         try:
             for name in self.backend_names:
                 self.backends[name] = backends.create(name)
@@ -512,12 +538,16 @@ class HetAdam(torch.optim.Optimizer):
                 partition, masters = self._plan(i, [self.state.get(p) for p in group["params"]])
                 self._partitions.append(partition)
                 self._masters.append(masters)
+                self._watch(i)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        """Release the backends (device contexts, simulator processes)."""
+        """Release the backends (device contexts, simulator processes) and the overlap hooks."""
+        if self._streams is not None:
+            self._streams.close()
+            self._streams = None
         self._runner.close()
         for partition in self._partitions:
             partition.close()
