@@ -135,3 +135,18 @@ def test_a_copy_or_pickle_hooks_its_own_parameters_and_close_unhooks() -> None:
     finally:
         Master.stage = stage  # type: ignore[method-assign]
     assert calls == []
+
+
+def test_the_host_model_bench_times_each_optimizer_and_what_overlap_hides() -> None:
+    from hetadam.bench_host import host_table, run_host_bench
+
+    rows = run_host_bench(["cpu"], repeat=2, warmup=1, widths=(16, 32, 8))
+    assert [(r.dtype, r.optimizer) for r in rows] == [
+        (dtype, name)
+        for dtype in ("float32", "bfloat16")
+        for name in ("torch AdamW fused", "HetAdam cpu", "HetAdam cpu overlap")
+    ]
+    assert all(r.params == 16 * 32 + 32 + 32 * 8 + 8 for r in rows)
+    assert all(0 < r.step < r.iteration and 0 < r.forward_backward < r.iteration for r in rows)
+    assert [r.hidden is not None for r in rows] == [False, False, True] * 2
+    assert "HetAdam cpu overlap" in host_table(rows)

@@ -43,6 +43,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     names = args.backends.split(",") if args.backends else None
     if args.split:
         return bench_split(args, sizes[-1])
+    if args.host_model:
+        return bench_host_model(args)
     rows = run_bench(sizes, names, repeat=args.repeat)
     print()
     print(table(rows))
@@ -66,6 +68,19 @@ def bench_split(args: argparse.Namespace, size: int) -> int:
         dump(result, args.json)
         plot_split(result, Path(args.json).with_suffix(".png"))
         print(f"wrote {args.json} and {Path(args.json).with_suffix('.png')}")
+    return 0
+
+
+def bench_host_model(args: argparse.Namespace) -> int:
+    from .bench_host import host_table, run_host_bench, usable_fp32_backends
+
+    names = usable_fp32_backends(args.backends.split(",") if args.backends else None)
+    rows = run_host_bench(names, repeat=args.repeat)
+    print()
+    print(host_table(rows))
+    if args.json:
+        dump([r.as_dict() for r in rows], args.json)
+        print(f"\nwrote {args.json}")
     return 0
 
 
@@ -104,6 +119,12 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default="", help="also write the rows to this JSON file")
     bench.add_argument("--split", default="", help="two backends, e.g. cpu,opencl: bench one step split across them")
     bench.add_argument("--numerics", default="fixed", choices=("fp32", "fixed"), help="numerics of --split")
+    bench.add_argument(
+        "--host-model",
+        action="store_true",
+        help="whole training iterations of a 12.6M-parameter model (float32 and bfloat16): torch's fused AdamW "
+        "and HetAdam on the fp32 backends, with and without overlap",
+    )
     bench.set_defaults(func=cmd_bench)
 
     train = sub.add_parser("train", help="train a model on scikit-learn's digits with HetAdam")
