@@ -9,6 +9,8 @@
 #                                            short training through the driver; prints what passed
 # DEPLOY_ARGS passes more options, e.g. DEPLOY_ARGS='--install --port 2222' or, without a board,
 # DEPLOY_ARGS='--transport fake' (the smoke test runs against the golden-model double of the kernel).
+# DEPLOY_ARGS=--serve also installs `hetadam serve --backend pynq` as a systemd service with a token
+# made on the board, steps through it from this host, and says how to reach it (docs/remote.md).
 
 BOARD ?= pynq-z2
 HOST ?=

@@ -119,14 +119,22 @@ def make_driver(transport, wait: str):
 
 def check_driver(driver, n: int, chunk: int, steps: int, seed: int) -> dict:
     """Steps through the driver, each compared with the golden model."""
+    from hetadam.driver.state import ResidentState
+    from hetadam.numerics import DEFAULT
+
+    report = check_kernel(ResidentState(driver, n, DEFAULT, chunk=chunk), n, steps, seed)
+    return {**report, "chunk": chunk, "runs": driver.runs}
+
+
+def check_kernel(state, n: int, steps: int, seed: int) -> dict:
+    """Steps of `state` (a FixedKernel: the driver's ResidentState, or a RemoteKernel
+    on a server), each compared with the golden model."""
     import numpy as np
 
-    from hetadam.driver.state import ResidentState
     from hetadam.numerics import DEFAULT, adam_step, encode_step
     from hetadam.numerics.convert import quantize_grad, state_from_float
 
     rng = np.random.default_rng(seed)
-    state = ResidentState(driver, n, DEFAULT, chunk=chunk)
     ref = state_from_float(rng.normal(0, 1, n).astype(np.float32), rng.normal(0, 1e-3, n), rng.uniform(0, 1e-6, n))
     state.upload(ref)
     idx0 = 4 * DEFAULT.block
@@ -140,14 +148,7 @@ def check_driver(driver, n: int, chunk: int, steps: int, seed: int) -> dict:
         if not state.download().equals(ref) or sat != expect_sat:
             mismatches.append(step)
         saturated += sat
-    return {
-        "steps": steps,
-        "n": n,
-        "chunk": chunk,
-        "runs": driver.runs,
-        "saturated": saturated,
-        "mismatches": mismatches,
-    }
+    return {"steps": steps, "n": n, "saturated": saturated, "mismatches": mismatches}
 
 
 def check_training(driver, steps: int, seed: int) -> dict:
@@ -195,11 +196,7 @@ def check_training(driver, steps: int, seed: int) -> dict:
 
 def check_backend(kind: str, package: Path, n: int, steps: int, seed: int) -> dict:
     """A shard of the board's backend and a shard of the cpu backend, stepped alike."""
-    import numpy as np
-    import torch
-
-    from hetadam.backends.base import FixedShard, Segment, StepHyper
-    from hetadam.backends.cpu import CpuBackend
+    from hetadam.backends.base import FixedShard
     from hetadam.driver import AdamDriver
     from hetadam.driver.fake import FakeTransport
     from hetadam.driver.kernel import DriverKernel
@@ -214,6 +211,20 @@ def check_backend(kind: str, package: Path, n: int, steps: int, seed: int) -> di
         board = PynqBackend(bitfile=package / "overlay" / "hetadam.bit", download=False).create_shard(
             0, n, "fixed", DEFAULT
         )
+    return compare_shards(board, n, steps, seed)
+
+
+def compare_shards(board, n: int, steps: int, seed: int) -> dict:
+    """`board` (a fixed shard of n elements) and a shard of the cpu backend, stepped
+    from the same float gradients (with weight decay): parameters and state must
+    stay identical."""
+    import numpy as np
+    import torch
+
+    from hetadam.backends.base import Segment, StepHyper
+    from hetadam.backends.cpu import CpuBackend
+    from hetadam.numerics import DEFAULT
+
     cpu = CpuBackend().create_shard(0, n, "fixed", DEFAULT)
     rng = np.random.default_rng(seed)
     p0 = rng.normal(0, 1, n).astype(np.float32)
@@ -234,6 +245,39 @@ def check_backend(kind: str, package: Path, n: int, steps: int, seed: int) -> di
         if not same:
             mismatches.append(step)
     return {"steps": steps, "n": n, "mismatches": mismatches}
+
+
+def check_remote(host: str, port: int, token: bytes, n: int, chunk: int, steps: int, seed: int) -> dict:
+    """Steps through a `hetadam serve` at host:port, run from the training host:
+    a RemoteKernel against the golden model and, where torch is installed, a
+    shard of the `tcp://` backend against a shard of `cpu`. Errors on the link
+    or the server are reported (`"error"`), not raised."""
+    from hetadam.kernels import BackendError
+    from hetadam.numerics import DEFAULT
+    from hetadam.remote.client import Link, RemoteKernel
+
+    name = f"tcp://{host}:{port}"
+    report: dict = {"remote": name}
+    link = Link(name, host, port, token, timeout=60)
+    try:
+        link.open()
+        report["kernel"] = check_kernel(RemoteKernel(link, n, DEFAULT, chunk=chunk), n, steps, seed)
+        link.close()
+        if importlib.util.find_spec("torch") is not None:
+            from hetadam.remote.backend import remote_backend_class
+
+            backend = remote_backend_class(f"{name}?chunk={chunk}")(token=token.decode())
+            try:
+                report["backend"] = compare_shards(backend.create_shard(0, n, "fixed", DEFAULT), n, steps, seed)
+            finally:
+                backend.close()
+    except BackendError as exc:  # the server or the link failed: named in the message
+        report["error"] = str(exc)
+    finally:
+        link.close()
+    checks = [report[k]["mismatches"] for k in ("kernel", "backend") if k in report]
+    report["ok"] = "error" not in report and not any(checks)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

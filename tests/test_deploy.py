@@ -3,18 +3,27 @@ end against this machine: into a local folder, and over SSH to an sshd on
 loopback started for the test. The overlay is dummy bytes and the smoke test
 runs dry (`--transport fake`: the golden-model double instead of a board).
 What a deployment may delete (only `hetadam-<board>/`) is checked locally, over
-a recorded ssh, and over the loopback sshd."""
+a recorded ssh, and over the loopback sshd.
+
+`--serve` runs against a stand-in board behind the same sshd: a `sudo` and a
+`systemctl` of its own on the sessions' PATH (the latter records its calls and
+runs the unit's ExecStart in the background), and a Python of its own into
+which the wheel is installed."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import shlex
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +33,10 @@ import pytest
 
 from hetadam.driver.fake import FakeTransport
 from hetadam.filelock import file_lock
+from hetadam.kernels import HostKernel
+from hetadam.numerics import FixedFormat
+from hetadam.remote.devices import HostSource
+from hetadam.remote.server import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = Path("/usr/sbin/sshd")
@@ -317,17 +330,25 @@ def test_a_remote_dir_of_root_or_home_is_refused_before_connecting(
 class RecordedSsh:
     """deploy_pynq's `subprocess` with every command recorded and none run: the
     board has no rsync; its smoke tests give `results` (exit status, report) in
-    turn, success when none are left."""
+    turn, success when none are left; the remote commands in `answers` give
+    that (exit status, stdout, stderr)."""
 
     CompletedProcess = subprocess.CompletedProcess
 
-    def __init__(self, results: list[tuple[int, dict]] | None = None) -> None:
+    def __init__(
+        self, results: list[tuple[int, dict]] | None = None, answers: dict[str, tuple[int, str, str]] | None = None
+    ) -> None:
         self.commands: list[list[str]] = []
+        self.inputs: list[object] = []
         self.results = list(results or [])
+        self.answers = answers or {}
 
     def run(self, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         self.commands.append(cmd)
+        self.inputs.append(kwargs.get("input"))
         remote = cmd[-1] if cmd[0] == "ssh" else ""
+        if remote in self.answers:
+            return subprocess.CompletedProcess(cmd, *self.answers[remote])
         if remote == "command -v rsync":
             return subprocess.CompletedProcess(cmd, 1, "", "")
         if "board_smoke.py" in remote:
@@ -424,6 +445,39 @@ def test_the_training_stage_needs_every_step_bit_exact_and_the_loss_to_fall(wait
     assert not bad["ok"] and bad["mismatches"] == list(range(1, 31))
 
 
+class LastElementStuckSource(HostSource):
+    """A server's kernels that leave the last parameter of each chunk as it was."""
+
+    def new(self, n: int, fmt: FixedFormat) -> HostKernel:
+        kernel = HostKernel(n, fmt)
+        run = kernel.run
+
+        def stuck(*args: object) -> int:
+            sat = run(*args)
+            kernel.pending.P[-1] = kernel.state.P[-1]
+            return sat
+
+        kernel.run = stuck
+        return kernel
+
+
+@pytest.mark.parametrize("source", [HostSource, LastElementStuckSource])
+def test_the_smoke_test_through_a_server_needs_every_step_bit_exact(source: type[HostSource]) -> None:
+    token = b"s" * 32
+    with Server(source(), token, port=0).start() as server:
+        report = smoke.check_remote(*server.address, token, n=1000, chunk=384, steps=4, seed=1)
+    good = source is HostSource
+    assert report["ok"] is good and "error" not in report
+    assert report["kernel"]["mismatches"] == ([] if good else [1, 2, 3, 4])
+    assert report["backend"]["mismatches"] == ([] if good else [1, 2, 3, 4])
+
+
+def test_the_smoke_test_through_a_server_reports_a_server_that_is_not_there() -> None:
+    report = smoke.check_remote("127.0.0.1", free_port(), b"s" * 32, n=1000, chunk=384, steps=4, seed=1)
+    assert not report["ok"] and "kernel" not in report
+    assert "cannot connect" in report["error"] and "Is `hetadam serve` running there" in report["error"]
+
+
 # -- over SSH -------------------------------------------------------------
 
 
@@ -433,12 +487,96 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+FAKE_SUDO = """#!/bin/sh
+printf '%s\\n' "$*" >> "$(dirname "$0")/../sudo.log"
+while [ $# -gt 0 ]; do case "$1" in -*) shift ;; *) break ;; esac; done
+exec "$@"
+"""
+"""The stand-in board's sudo: records its command line, drops its options and runs the command."""
+
+FAKE_SYSTEMCTL = textwrap.dedent(
+    """
+    import os, shlex, signal, subprocess, sys, time
+    from pathlib import Path
+
+    BOARD = Path(__file__).resolve().parents[1]
+    PID = BOARD / "server.pid"
+    args = sys.argv[1:]
+    with open(BOARD / "systemctl.log", "a") as log:
+        log.write(shlex.join(args) + "\\n")
+    verb, units = args[0], [a for a in args[1:] if not a.startswith("-")]
+
+    def running():
+        try:
+            pid = int(PID.read_text())
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError):
+            return None
+        return None if state == "Z" else pid
+
+    def stop():
+        pid = running()
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if running() is None:
+                    break
+                time.sleep(0.1)
+        PID.unlink(missing_ok=True)
+
+    def start(unit):
+        env, command = dict(os.environ), None
+        for line in (BOARD / "units" / unit).read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "Environment":
+                name, _, setting = value.partition("=")
+                env[name] = setting
+            elif key == "ExecStart":
+                command = shlex.split(value)
+        with open(BOARD / "server.log", "ab") as out:
+            proc = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
+        PID.write_text(str(proc.pid))
+
+    if verb == "restart" or (verb == "enable" and "--now" in args):
+        stop()
+        start(units[0])
+    elif verb == "stop":
+        if not (BOARD / "units" / units[0]).exists():
+            sys.exit(f"Failed to stop {units[0]}: Unit {units[0]} not loaded.")
+        stop()
+    elif verb == "is-active":
+        print("active" if running() else "failed")
+        sys.exit(0 if running() else 3)
+    elif verb not in ("daemon-reload", "enable"):
+        sys.exit(f"the stand-in systemctl does not do {verb}")
+    """
+)
+"""The stand-in board's systemctl: records its calls; restart runs the unit's ExecStart
+(with its Environment) in the background, stop ends it, is-active says whether it runs."""
+
+
+def make_board(d: Path) -> Path:
+    """The stand-in board's folder: bin/ (sudo, systemctl), units/, and the logs they write."""
+    board = d / "board"
+    (board / "bin").mkdir(parents=True)
+    (board / "units").mkdir()
+    (board / "bin" / "sudo").write_text(FAKE_SUDO)
+    (board / "bin" / "systemctl").write_text(f"#!{sys.executable}\n{FAKE_SYSTEMCTL}")
+    for name in ("sudo", "systemctl"):
+        (board / "bin" / name).chmod(0o755)
+    return board
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """An sshd on 127.0.0.1 with a throwaway host key, accepting a throwaway client key."""
+    """An sshd on 127.0.0.1 with a throwaway host key, accepting a throwaway client key;
+    its sessions find the stand-in board's sudo and systemctl first on PATH."""
     if not SSHD.exists() or shutil.which("ssh-keygen") is None:
         pytest.skip(reason="openssh-server is not installed (apt-get install openssh-server): no sshd to deploy to")
     d = tmp_path_factory.mktemp("sshd")
+    board = make_board(d)
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     shutil.copy(d / "client_key.pub", d / "authorized_keys")
@@ -451,7 +589,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
         f"KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
-        f"Subsystem sftp {sftp}\n"
+        f"Subsystem sftp {sftp}\nSetEnv PATH={board / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}\n"
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
@@ -477,7 +615,12 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "--python", sys.executable,
     ]  # fmt: skip
     try:
-        yield {"host": f"{user}@127.0.0.1", "options": options, "args": ["--host", f"{user}@127.0.0.1", *options]}
+        yield {
+            "host": f"{user}@127.0.0.1",
+            "options": options,
+            "args": ["--host", f"{user}@127.0.0.1", *options],
+            "board": board,
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -568,3 +711,202 @@ def test_make_board_check_over_ssh_dry_run(sshd: dict, overlay: Path, wheel: Pat
     where = f"{sshd['host']}:{tmp_path / 'remote' / 'hetadam-zcu104'}"
     assert f"board check 3/3, training, at {where}: passed (" in done.stderr
     assert f"board check at {where}: all 3 stages passed" in done.stderr
+
+
+# -- --serve: hetadam serve as a service on the board -----------------------
+
+
+@pytest.fixture(scope="module")
+def board_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in board's Python: a virtualenv of its own (the wheel installs there, not
+    into this one) with this one's NumPy and pip, and, as on a PYNQ-Z2, no torch or numba."""
+    venv = tmp_path_factory.mktemp("board-python")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    [site] = venv.glob("lib/python*/site-packages")
+    outer = Path(np.__file__).parents[1]
+    for entry in outer.iterdir():
+        if entry.name.split("-")[0].split(".")[0] in ("numpy", "pip"):
+            (site / entry.name).symlink_to(entry)
+    return venv / "bin" / "python"
+
+
+@pytest.fixture
+def board(sshd: dict, board_python: Path, tmp_path: Path) -> Iterator[dict]:
+    """The stand-in board, fresh: its deploy options for --serve, and its files."""
+    root: Path = sshd["board"]
+    for name in ("sudo.log", "systemctl.log", "server.log", "server.pid"):
+        (root / name).unlink(missing_ok=True)
+    for unit in (root / "units").iterdir():
+        unit.unlink()
+    port = free_port()
+    token = tmp_path / "etc" / "hetadam" / "token"
+    args = [
+        *sshd["args"], "--python", str(board_python), "--remote-dir", str(tmp_path / "remote"),
+        "--unit-dir", str(root / "units"), "--token-file", str(token), "--transport", "fake", "--driver-only",
+    ]  # fmt: skip
+    try:
+        yield {"args": args, "port": port, "token": token, "root": root, "python": board_python}
+    finally:
+        pid = root / "server.pid"
+        if pid.exists():
+            try:
+                os.kill(int(pid.read_text()), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def board_log(board: dict, name: str) -> list[str]:
+    path = board["root"] / name
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_deploy_serve_installs_a_service_with_a_private_token_and_steps_through_it(
+    board: dict, overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    port, token = board["port"], board["token"]
+    rc = deploy.main([
+        *board["args"], "--board", "pynq-z2", "--overlay-dir", str(overlay), "--out", str(tmp_path / "out"),
+        "--wheel", str(wheel), "--serve", "--listen", f"127.0.0.1:{port}",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    board_report, remote = (json.loads(line) for line in out.splitlines())
+    assert board_report["ok"] and board_report["driver"]["mismatches"] == []
+    assert remote["ok"] and remote["remote"].startswith("tcp://127.0.0.1:")
+    assert remote["kernel"]["mismatches"] == [] and remote["kernel"]["steps"] == 4
+    assert remote["backend"]["mismatches"] == [], "a tcp:// shard steps as the cpu shard does"
+    assert "smoke test through the server (an ssh tunnel): passed (4 steps through the server at tcp://" in err
+
+    unit = (board["root"] / "units" / "hetadam-serve.service").read_text().splitlines()
+    command = f"{board['python']} -m hetadam.remote --backend cpu --listen 127.0.0.1:{port} --token-file {token}"
+    assert f"ExecStart={command}" in unit
+    for line in ("User=root", "Restart=on-failure", "Environment=XILINX_XRT=/usr", "NoNewPrivileges=yes"):
+        assert line in unit
+    assert board_log(board, "systemctl.log") == [
+        "stop hetadam-serve.service", "daemon-reload", "enable hetadam-serve.service", "restart hetadam-serve.service"
+    ]  # fmt: skip
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    secret = token.read_text().strip()
+    for text in (out, err, *board_log(board, "sudo.log"), *board_log(board, "server.log")):
+        assert secret not in text, "the token is never printed nor put on a command line"
+    assert f"at 127.0.0.1:{port} (hetadam-serve.service, started at boot)" in err
+    assert f"the token is in {token} on the board (mode 600, root)" in err
+
+    # the printed way to copy the token here works, and makes a private file
+    lines = err.splitlines()
+    copy = lines[lines.index(next(x for x in lines if x.startswith("the token is in"))) + 1].strip()
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["sh", "-c", copy], check=True, env={**os.environ, "HOME": str(home)})
+    copied = home / ".config" / "hetadam" / "token"
+    assert copied.read_text().strip() == secret and stat.S_IMODE(copied.stat().st_mode) == 0o600
+
+    # deployed again, through make: the token is kept, the service restarted with the new package
+    pid = (board["root"] / "server.pid").read_text()
+    pkg = tmp_path / "out" / "pynq-z2" / "hetadam-pynq-z2"
+    deploy_args = [*board["args"][2:], "--from-package", str(pkg), "--listen", f"127.0.0.1:{port}"]
+    done = make("deploy", "BOARD=pynq-z2", f"HOST={board['args'][1]}", f"DEPLOY_ARGS=--serve {shlex.join(deploy_args)}")
+    assert done.returncode == 0, done.stderr
+    assert f"serve, token, on {board['args'][1]}: kept {token}" in done.stderr
+    assert token.read_text().strip() == secret
+    assert board_log(board, "systemctl.log")[4:] == [
+        "stop hetadam-serve.service", "daemon-reload", "enable hetadam-serve.service", "restart hetadam-serve.service"
+    ]  # fmt: skip
+    assert (board["root"] / "server.pid").read_text() != pid
+    assert json.loads(done.stdout.splitlines()[-1])["ok"]
+
+
+def test_a_service_that_does_not_answer_fails_the_deploy_and_says_where_to_look(
+    board: dict, built: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with socket.socket() as taken:  # bound, not listening: the server cannot bind it, a client is refused
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        rc = deploy.main([
+            *board["args"], "--board", "pynq-z2", "--from-package", str(built), "--serve",
+            "--listen", f"127.0.0.1:{port}", "--serve-wait", "2",
+        ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"deploy failed: the service did not answer at 127.0.0.1:{port} on the board within 2 s" in err
+    assert "(systemctl is-active: failed; last try: " in err
+    assert "see `sudo journalctl -u hetadam-serve.service -n 50` there" in err
+    assert "Address already in use" in (board["root"] / "server.log").read_text()
+
+
+def test_serve_refuses_a_board_whose_sudo_asks_for_a_password_before_copying(
+    built: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ssh = RecordedSsh(answers={"sudo -n true": (1, "", "sudo: a password is required")})
+    monkeypatch.setattr(deploy, "subprocess", ssh)
+    rc = deploy.main(["--board", "pynq-z2", "--from-package", str(built), "--host", "xilinx@board", "--serve"])
+    assert rc == 2
+    assert (
+        "deploy failed: --serve needs root on xilinx@board without a password (sudo -n: sudo: a password is "
+        "required): give the login passwordless sudo, or log in as root" in capsys.readouterr().err
+    )
+    assert not ssh.remote("mkdir") and not ssh.remote("board_smoke.py"), "nothing is copied or run"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "somewhere"], "--serve needs --host: the service runs on a board reached over ssh"),
+        (["--host", "xilinx@board", "--listen", "0.0.0.0:http"], "--listen '0.0.0.0:http': the port must be a number"),
+    ],
+)
+def test_serve_refuses_what_it_cannot_serve(
+    built: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.setattr(deploy, "subprocess", None)  # any command run would fail this test
+    with pytest.raises(SystemExit) as exit_:
+        deploy.main(["--board", "pynq-z2", "--from-package", str(built), "--serve", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_on_a_board_the_smoke_test_runs_as_root_with_the_xrt_environment_pynq_needs(
+    built: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynq registers the board's device only when XILINX_XRT is set, which PYNQ images
+    export in login shells only, not for a command run over ssh."""
+    ssh = RecordedSsh()
+    monkeypatch.setattr(deploy, "subprocess", ssh)
+    assert deploy.main(["--board", "pynq-z2", "--from-package", str(built), "--host", "xilinx@board"]) == 0
+    [command] = ssh.remote("board_smoke.py")
+    assert "sudo -E env XILINX_XRT=/usr /usr/local/share/pynq-venv/bin/python3 board_smoke.py" in command
+
+
+def test_the_unit_takes_only_plain_absolute_paths_on_its_command_line() -> None:
+    from hetadam.remote import systemd
+
+    command = systemd.exec_start("/usr/bin/python3", "pynq", "127.0.0.1:7000", "/etc/hetadam/token", "/srv/h.bit")
+    assert command[-2:] == ["--bitfile", "/srv/h.bit"]
+    unit = systemd.unit_text(command, "pynq").splitlines()
+    assert f"ExecStart={' '.join(command)}" in unit and "[Install]" in unit
+    for bad, why in [("/home/x y/h.bit", "cannot go into the service's command line"),
+                     ("/srv/100%.bit", "cannot go into the service's command line"),
+                     ("$HOME/h.bit", "cannot go into the service's command line"),
+                     ("h.bit", "is not an absolute path")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            systemd.exec_start("/usr/bin/python3", "pynq", "127.0.0.1:7000", "/etc/hetadam/token", bad)
+
+
+def test_the_pynq_service_loads_the_deployed_overlay_by_its_absolute_path(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = "hetadam/hetadam-pynq-z2"
+    ssh = RecordedSsh(answers={f"cd {folder} && pwd -P": (0, "/home/xilinx/hetadam/hetadam-pynq-z2\n", "")})
+    monkeypatch.setattr(deploy, "subprocess", ssh)
+    args = argparse.Namespace(
+        python=None, listen="0.0.0.0:7000", token_file=deploy.BOARD_TOKEN, new_token=False,
+        unit_dir=deploy.UNIT_DIR, serve_wait=60.0, transport="pynq",
+    )  # fmt: skip
+    deploy.Service(deploy.Remote("xilinx@board", None, None, []), args, folder).unit("/opt/venv/bin/python3")
+    [(command, unit)] = [(c[-1], i) for c, i in zip(ssh.commands, ssh.inputs, strict=True) if i is not None]
+    assert command.startswith("sudo -n sh -c ") and "/etc/systemd/system/hetadam-serve.service" in command
+    assert (
+        "ExecStart=/opt/venv/bin/python3 -m hetadam.remote --backend pynq --listen 0.0.0.0:7000 --token-file "
+        "/etc/hetadam/token --bitfile /home/xilinx/hetadam/hetadam-pynq-z2/overlay/hetadam.bit"
+    ) in unit.splitlines()
+    assert "serve, unit, on xilinx@board: wrote /etc/systemd/system/hetadam-serve.service" in capsys.readouterr().err
