@@ -5,8 +5,9 @@
    (.bit and .hwh), the wheel and this script, and every file it lists must be
    there with its SHA-256; a malformed, corrupted or incomplete package is
    refused (exit status 3, the reason in one line) before anything is loaded.
-2. Unpack the shipped wheel beside the package and import hetadam from it
-   (the driver needs NumPy only; without torch, as on PYNQ-Z2 images, the
+2. Unpack the shipped wheel into a temporary folder (removed at exit, so the
+   package folder stays as it was copied) and import hetadam from it (the
+   driver needs NumPy only; without torch, as on PYNQ-Z2 images, the
    package's torch-based top level is skipped).
 3. Load the overlay (overlay/hetadam.bit + .hwh) with PYNQ, or with
    `--transport fake` use the golden-model double of the kernel (a dry run
@@ -30,11 +31,14 @@ package was refused.
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import importlib
 import importlib.util
 import json
+import shutil
 import sys
+import tempfile
 import time
 import types
 import zipfile
@@ -85,10 +89,14 @@ def verify(package: Path) -> dict:
     return manifest
 
 
-def import_hetadam(package: Path, wheel: str) -> None:
-    """Unpack the shipped wheel and put it first on sys.path."""
-    site = package / "site"
-    with zipfile.ZipFile(package / wheel) as zf:
+def import_hetadam(wheel: Path) -> Path:
+    """Unpack the shipped wheel into a temporary folder (removed at exit), put it
+    first on sys.path and return it. Not into the package: on a board the smoke
+    test runs as root, and a folder of root's there would stop the next
+    deployment, whose login cannot replace it."""
+    site = Path(tempfile.mkdtemp(prefix="hetadam-smoke-"))
+    atexit.register(shutil.rmtree, site, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as zf:
         zf.extractall(site)
     sys.path.insert(0, str(site))
     if importlib.util.find_spec("torch") is None:
@@ -96,6 +104,7 @@ def import_hetadam(package: Path, wheel: str) -> None:
         pkg = types.ModuleType("hetadam")
         pkg.__path__ = [str(site / "hetadam")]
         sys.modules["hetadam"] = pkg
+    return site
 
 
 def transport_for(kind: str, package: Path):
@@ -304,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return REFUSED
     report.update(board=manifest["board"], version=manifest.get("version"))
     t0 = time.monotonic()
-    import_hetadam(args.package, manifest["wheel"])
+    report["site"] = str(import_hetadam(args.package / manifest["wheel"]))
     from hetadam.driver import DriverError
 
     report["hetadam"] = str(Path(importlib.import_module("hetadam.driver").__file__).parents[1])

@@ -104,6 +104,12 @@ def run_deploy(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict, st
     return rc, json.loads(lines[-1]) if lines else {}, err
 
 
+def shipped_and_gone(report: dict) -> bool:
+    """The smoke test imported hetadam from the shipped wheel, unpacked into a folder it removed at exit."""
+    site = Path(report["site"])
+    return Path(report["hetadam"]) == site / "hetadam" and site.name.startswith("hetadam-smoke-") and not site.exists()
+
+
 def test_local_target_dry_run_builds_the_wheel_and_checks_the_backend(
     overlay: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -116,16 +122,20 @@ def test_local_target_dry_run_builds_the_wheel_and_checks_the_backend(
     assert report["ok"] and report["board"] == "pynq-z2" and report["transport"] == "fake"
     assert report["driver"]["mismatches"] == [] and report["driver"]["runs"] == 4 * 3
     assert report["backend"]["mismatches"] == []
-    assert Path(report["hetadam"]).is_relative_to(target / "site"), "the smoke test must use the shipped wheel"
-    assert (target / "overlay" / "hetadam.bit").read_bytes() == (overlay / "hetadam.bit").read_bytes()
+    assert shipped_and_gone(report), "the smoke test must use the shipped wheel"
+    pkg = tmp_path / "out" / "pynq-z2" / "hetadam-pynq-z2"
+    assert file_tree(target) == file_tree(pkg), "the smoke test (root's, on a board) leaves the copy as it was"
     assert (tmp_path / "out" / "pynq-z2").is_dir(), "only the package's own folder in the target is replaced"
     assert "smoke test at" in err and "passed" in err
 
 
 @pytest.mark.parametrize("damage", ["flip", "remove"])
 def test_corrupted_package_is_refused(
-    overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str
-) -> None:
+    overlay: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    damage: str,
+) -> None:  # fmt: skip
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the smoke test would unpack the wheel
     out = tmp_path / "out"
     assert deploy.main(["--board", "pynq-z2", "--overlay-dir", str(overlay), "--out", str(out), "--wheel", str(wheel),
                         "--package-only"]) == 0  # fmt: skip
@@ -143,7 +153,7 @@ def test_corrupted_package_is_refused(
     assert not report["ok"]
     expect = "overlay/hetadam.bit does not match" if damage == "flip" else "overlay/hetadam.hwh is missing"
     assert expect in report["refused"]
-    assert not (tmp_path / "board" / "hetadam-pynq-z2" / "site").exists(), "nothing may be unpacked when refused"
+    assert not any((tmp_path / "tmp").iterdir()), "nothing may be unpacked when refused"
 
 
 def test_smoke_refuses_a_tampered_manifest(overlay: Path, wheel: Path, tmp_path: Path) -> None:
@@ -206,8 +216,11 @@ def edit_manifest(pkg: Path, edit: str, wheel: str) -> None:
     ],
 )
 def test_smoke_refuses_a_malformed_or_incomplete_manifest_in_one_line(
-    built: Path, wheel: Path, capsys: pytest.CaptureFixture, edit: str, reason: str
-) -> None:
+    built: Path, wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    edit: str, reason: str,
+) -> None:  # fmt: skip
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(smoke.tempfile, "tempdir", str(tmp_path / "tmp"))
     edit_manifest(built, edit, wheel.name)
     rc = smoke.main(["--package", str(built), "--transport", "fake"])
     out, err = capsys.readouterr()
@@ -216,7 +229,7 @@ def test_smoke_refuses_a_malformed_or_incomplete_manifest_in_one_line(
     [line] = out.splitlines()
     refused = json.loads(line)["refused"]
     assert refused.startswith("package refused: ") and reason in refused
-    assert not (built / "site").exists(), "nothing may be unpacked when refused"
+    assert not any((tmp_path / "tmp").iterdir()), "nothing may be unpacked when refused"
 
 
 def test_smoke_refuses_a_wheel_that_does_not_match_its_hash(
@@ -646,8 +659,8 @@ def test_deploy_over_ssh_dry_run(
     assert rc == 0, err
     assert f"with {copier}" in err
     assert report["ok"] and report["board"] == "zcu104" and "backend" not in report
-    assert Path(report["hetadam"]).is_relative_to(remote / "hetadam-zcu104" / "site")
-    assert json.loads((remote / "hetadam-zcu104" / "manifest.json").read_text())["board"] == "zcu104"
+    assert shipped_and_gone(report)
+    assert file_tree(remote / "hetadam-zcu104") == file_tree(tmp_path / "out" / "zcu104" / "hetadam-zcu104")
     assert (remote / "keep.txt").read_text() == "the user's file", "only the package's own folder is replaced"
     assert (remote / "hetadam-kv260" / "manifest.json").read_text() == "another board's package"
 
@@ -665,8 +678,7 @@ def test_corrupted_package_refused_over_ssh(
     assert rc == 3, err
     assert f"{wheel.name} does not match" in report["refused"]
     assert "refused" in err
-    assert (remote / "hetadam-kv260" / "manifest.json").exists()
-    assert not (remote / "hetadam-kv260" / "site").exists()
+    assert file_tree(remote / "hetadam-kv260") == file_tree(pkg), "nothing may be unpacked when refused"
 
 
 def test_unreachable_board_is_a_deployment_error(
